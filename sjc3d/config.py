@@ -98,7 +98,8 @@ class PriorConfig:
     source: str = DEFAULT_MODEL  # hub id | local diffusers folder | .ckpt | oracle:MESH
     image_encoder: str = "lambdalabs/sd-image-variations-diffusers"  # CLIP for a .ckpt source
     stable: Literal["auto", "yes", "no"] = "auto"  # Stable Zero123 pose embedding
-    vae_source: str = ""  # oracle in latent mode: the model whose VAE encodes its renders
+    oracle_up: Literal["y", "z"] = "y"  # up axis of the oracle's mesh file (OBJ/glTF: y)
+    vae_source: str = ""  # oracle in latent mode: model whose VAE encodes its renders ("" = default model)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 CUDA, fp32 CPU
     guidance_scale: float = 100.0  # reference run; `sjc3d views` uses its own (3)
 

@@ -1,0 +1,62 @@
+"""Score priors: Zero-1-to-3 (priors/zero123.py) and the ground-truth oracle (priors/oracle.py).
+
+`build_prior` picks one from `prior.source`: `oracle:MESH` is the oracle, anything else is a
+Zero-1-to-3 model (hub id, local diffusers folder or original `.ckpt`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sjc3d.config import CONFIGS_DIR, DEFAULT_MODEL, Config, PriorConfig, is_oracle
+from sjc3d.priors.base import Prior
+
+
+def resolve_project_path(path: str) -> Path:
+    """A relative path as given, or else relative to the project root (presets name `assets/...`)."""
+    candidate = Path(path)
+    if candidate.exists() or candidate.is_absolute():
+        return candidate
+    in_project = CONFIGS_DIR.parent / candidate
+    return in_project if in_project.exists() else candidate
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is fp16 on CUDA (the U-Net was trained in mixed precision) and fp32 on CPU."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def build_prior(config: Config, device: torch.device) -> Prior:
+    """The prior named by `config.prior.source`, ready for `condition()`."""
+    cfg = config.prior
+    dtype = resolve_dtype(cfg.dtype, device)
+    if is_oracle(cfg.source):
+        from sjc3d.priors.oracle import OraclePrior, load_world_mesh
+
+        mesh = load_world_mesh(resolve_project_path(cfg.source.split(":", 1)[1]), y_up=cfg.oracle_up == "y")
+        space = config.field.output
+        vae = None
+        if space == "latent":
+            from sjc3d.priors.zero123 import load_vae
+
+            vae = load_vae(cfg.vae_source or DEFAULT_MODEL, dtype=dtype, device=device)
+        return OraclePrior(mesh, config.camera.fov_deg, space=space, vae=vae, device=device)
+
+    from sjc3d.priors.zero123 import load_zero123
+
+    return load_zero123(cfg.source, image_encoder=cfg.image_encoder, stable=cfg.stable, dtype=dtype, device=device)
+
+
+def build_decoder(cfg: PriorConfig, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """VAE decoder of a latent field's prior: scaled latents [B, 4, h, w] → rgb [B, 8h, 8w, 3]."""
+    from sjc3d.priors import vae as vae_io
+    from sjc3d.priors.zero123 import load_vae
+
+    source = (cfg.vae_source or DEFAULT_MODEL) if is_oracle(cfg.source) else cfg.source
+    vae = load_vae(source, dtype=resolve_dtype(cfg.dtype, device), device=device)
+    return lambda z: vae_io.decode_scaled(vae, z)

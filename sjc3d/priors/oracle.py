@@ -1,0 +1,163 @@
+"""The oracle prior: a perfect denoiser for one known object.
+
+If the data distribution is a single object seen from a given pose, the ideal denoiser returns
+that view whatever the noise: D(z, σ) = x_pose.  Plugged into the SJC engine in place of
+Zero-1-to-3, it turns fitting into a measurable problem — the field should converge to the true
+shape — and so validates cameras, rendering, score chaining and export end to end, without
+model weights (DESIGN.md §6).
+
+The oracle receives the *relative* Zero-1-to-3 pose embedding, as the real prior does, and
+rebuilds the target camera from it and the input camera itself, then rasterises the mesh with
+its own renderer (`mesh_raster`).  A sign error in `zero123_pose` or in the NeRF's cameras
+therefore shows up as a wrong shape instead of cancelling out.
+
+Model space: in `rgb` mode the image itself ([B, 3, H, W] in [−1, 1]); in `latent` mode the
+scaled latents of a Stable Diffusion VAE (that of `prior.vae_source`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from torch import Tensor
+
+from sjc3d.errors import InputError
+from sjc3d.image import InputView
+from sjc3d.priors import vae as vae_io
+from sjc3d.priors.mesh_raster import SphericalCamera, render_mesh
+from sjc3d.sjc import scaled_linear_alphas_cumprod, ve_sigmas
+
+# OBJ/GLB files are y-up with the front facing +z.  The world is z-up and the input camera sits
+# on +x: the cyclic permutation (x, y, z) → (z, x, y) maps up to +z and the front to +x.
+Y_UP_TO_WORLD = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+LIGHT_DIRECTION = np.array([0.6, 0.3, 0.75])  # fixed in the world, so colour is view-independent
+AMBIENT = 0.35
+DEFAULT_ALBEDO = np.array([0.75, 0.62, 0.45])
+ORACLE_SIZE = 1.0  # longest side of the object's bounding box, in scene units
+
+
+def load_world_mesh(path: str | Path, y_up: bool = True) -> trimesh.Trimesh:
+    """Load a mesh into the sjc3d world: z-up, front toward +x, centred, longest side 1.
+
+    Vertex colours come from the file's texture or colours when it has them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"oracle mesh {path} does not exist")
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as e:  # trimesh raises assorted errors for bad files
+        raise InputError(f"cannot read mesh {path}: {e}") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise InputError(f"{path} holds no triangle mesh")
+    colors = vertex_albedo(mesh)
+    mesh = trimesh.Trimesh(mesh.vertices.copy(), mesh.faces.copy(), vertex_colors=colors, process=False)
+    if y_up:
+        mesh.apply_transform(_homogeneous(Y_UP_TO_WORLD))
+    lo, hi = mesh.bounds
+    mesh.apply_translation(-(lo + hi) / 2)
+    mesh.apply_scale(ORACLE_SIZE / float((hi - lo).max()))
+    return mesh
+
+
+def _homogeneous(rotation: np.ndarray) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = rotation
+    return m
+
+
+def vertex_albedo(mesh: trimesh.Trimesh) -> np.ndarray:
+    """[V, 4] uint8 colours from a texture or vertex colours; a warm grey when there are none."""
+    try:
+        visual = mesh.visual if mesh.visual.kind == "vertex" else mesh.visual.to_color()
+        colors = np.asarray(visual.vertex_colors)
+        if colors.shape[0] == len(mesh.vertices) and np.ptp(colors[:, :3]) > 0:
+            return colors
+    except Exception:  # no texture image, missing UVs ...: fall back to a plain albedo
+        pass
+    rgba = np.append((DEFAULT_ALBEDO * 255).astype(np.uint8), 255)
+    return np.tile(rgba, (len(mesh.vertices), 1))
+
+
+def shaded_colors(mesh: trimesh.Trimesh) -> Tensor:
+    """Per-vertex colour [V, 3]: albedo × (ambient + diffuse) under a fixed world light."""
+    light = LIGHT_DIRECTION / np.linalg.norm(LIGHT_DIRECTION)
+    lambert = np.clip(mesh.vertex_normals @ light, 0.0, 1.0)
+    albedo = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+    shade = AMBIENT + (1.0 - AMBIENT) * lambert
+    return torch.from_numpy(albedo * shade[:, None]).float()
+
+
+def camera_from_pose(pose: Tensor, input_polar: float, input_radius: float) -> SphericalCamera:
+    """Target camera of a Zero-1-to-3 embedding [Δpolar, sin Δφ, cos Δφ, Δr] (input at φ = 0)."""
+    d_polar, sin_az, cos_az, d_radius = (float(x) for x in pose)
+    return SphericalCamera(input_polar + d_polar, math.atan2(sin_az, cos_az), input_radius + d_radius)
+
+
+class OraclePrior:
+    """Ground-truth denoiser for `mesh`; see the module docstring.  Implements `Prior`."""
+
+    def __init__(
+        self,
+        mesh: trimesh.Trimesh,
+        fov_deg: float,
+        space: str = "rgb",
+        vae: torch.nn.Module | None = None,
+        supersample: int = 4,
+        device: str | torch.device = "cpu",
+    ):
+        if space == "latent" and vae is None:
+            raise InputError("the oracle in latent mode needs a VAE: set prior.vae_source to a Zero-1-to-3 model")
+        self.mesh = mesh
+        self.fov_deg = fov_deg
+        self.space = space
+        self.vae = vae
+        self.supersample = supersample
+        self.device = torch.device(device)
+        self.n_channels = 4 if space == "latent" else 3
+        self.encode_size = 256 if space == "latent" else None  # the VAE wants 256² images
+        self.sigmas = ve_sigmas(scaled_linear_alphas_cumprod())
+        self._vertices = torch.from_numpy(np.asarray(mesh.vertices)).float()
+        self._faces = torch.from_numpy(np.asarray(mesh.faces)).long()
+        self._colors = shaded_colors(mesh)
+        self.input_polar = math.pi / 2
+        self.input_radius = 2.0
+
+    # ---------------------------------------------------------------- the Prior interface
+
+    def condition(self, image: Tensor, elevation_deg: float, radius: float) -> None:
+        """Remember the input camera; the image itself is not needed (the oracle knows the truth)."""
+        self.input_polar = math.radians(90.0 - elevation_deg)
+        self.input_radius = radius
+
+    @torch.no_grad()
+    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float = 1.0) -> Tensor:
+        """The true view at each pose, in model space at z's resolution, whatever z and σ are."""
+        size = z.shape[-1] * (8 if self.space == "latent" else 1)
+        views = [self.render(camera_from_pose(p, self.input_polar, self.input_radius), size).rgb for p in pose.cpu()]
+        return self.encode(torch.stack(views).to(self.device)).to(z.dtype)
+
+    def encode(self, rgb: Tensor) -> Tensor:
+        if self.space == "latent":
+            return vae_io.encode_scaled(self.vae, rgb)
+        return vae_io.to_vae_input(rgb)
+
+    def decode(self, z: Tensor) -> Tensor:
+        if self.space == "latent":
+            return vae_io.decode_scaled(self.vae, z)
+        return vae_io.from_vae_output(z)
+
+    # ---------------------------------------------------------------- ground truth views
+
+    def render(self, camera: SphericalCamera, size: int):
+        return render_mesh(self._vertices, self._faces, self._colors, camera, self.fov_deg, size, self.supersample)
+
+    def input_view(self, size: int = 256) -> InputView:
+        """The oracle's own input photo: the true view at the input camera, on white."""
+        raster = self.render(SphericalCamera(self.input_polar, 0.0, self.input_radius), size)
+        return InputView(rgb=raster.rgb, mask=raster.alpha)
+

@@ -1,0 +1,435 @@
+"""The fit loop: one image in, a trained field in a run directory out.
+
+Each step (DESIGN.md §1):
+
+    random cameras ──► render y ──► PAAS: z = y + σn, D = prior(z, σ, pose) ──► g = (D − y)/σ
+                                                                                   │ chain: y.backward(−g)
+    input camera ──► render ──► reference-view loss (colour, mask) + regularisers ──┴──► optimizer
+
+Everything mathematical lives in `sjc.py` and `losses.py`; this module wires the pieces,
+keeps the run directory (rundir.py) and survives interruptions: checkpoints are atomic, Ctrl-C
+writes one, and `--resume` continues from the last one even after `kill -9`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from sjc3d import losses, sjc
+from sjc3d.atomic import atomic_write_text
+from sjc3d.cameras import input_c2w, sample_poses, spherical_to_c2w, zero123_pose
+from sjc3d.config import Config, config_to_dict, dump_config, is_oracle, load_config
+from sjc3d.errors import ConfigError, InputError, NonFiniteError
+from sjc3d.image import InputView, load_input_view, resize_images, save_png
+from sjc3d.rundir import RunPaths, load_checkpoint, load_run_config, save_checkpoint
+
+PREVIEW_ELEVATION = 15.0
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    step: int
+    metrics: dict[str, float]
+    wall_time: float
+
+
+@dataclass
+class Stage:
+    """Everything a run builds once: models, targets and the cameras they refer to."""
+
+    config: Config
+    device: torch.device
+    prior: object  # priors.base.Prior
+    field: torch.nn.Module
+    renderer: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    view: InputView
+    input_c2w: Tensor  # [1, 4, 4]
+    background: Tensor  # [C]
+    reference: Tensor  # [1, r, r, C] target of the render at the input camera
+    reference_mask: Tensor  # [1, r, r, 1]
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
+    return device
+
+
+def input_view_for(config: Config, image: Optional[Path], prior) -> InputView:
+    """The conditioning view: the user's image, or the oracle's own render of the truth."""
+    if image is not None:
+        return load_input_view(image, config.input)
+    if is_oracle(config.prior.source):
+        return prior.input_view(config.input.size)
+    raise InputError("an input image is required (only --prior oracle:MESH renders its own input view)")
+
+
+def to_model_space(prior, features: Tensor, output: str) -> Tensor:
+    """Render features [B, H, W, C] → the prior's model space [B, C', h, w] (differentiable).
+
+    latent fields render the model space directly; rgb fields are encoded (through the VAE for
+    Zero-1-to-3, which expects 256² images, so the render is upsampled first).
+    """
+    if output == "latent":
+        return features.permute(0, 3, 1, 2)
+    size = getattr(prior, "encode_size", None)
+    return prior.encode(resize_images(features, size) if size else features)
+
+
+def reference_targets(config: Config, prior, view: InputView, device: torch.device) -> tuple[Tensor, Tensor]:
+    """What the render at the input camera should match: ([1, r, r, C], [1, r, r, 1])."""
+    r = config.camera.input_resolution or config.camera.resolution
+    rgb = view.rgb[None].to(device)
+    if config.field.output == "latent":
+        with torch.no_grad():
+            latent = prior.encode(resize_images(rgb, config.input.size)).float()  # [1, 4, h, w]
+        target = resize_images(latent.permute(0, 2, 3, 1), r)
+    else:
+        target = resize_images(rgb, r)
+    mask = resize_images(view.mask[None, :, :, None].to(device), r)
+    return target, mask
+
+
+def background_for(config: Config, prior, device: torch.device) -> Tensor:
+    """White, in the field's output space: RGB ones, or the latent of a white image."""
+    if config.field.output == "rgb":
+        return torch.ones(3, device=device)
+    white = torch.ones(1, config.input.size, config.input.size, 3, device=device)
+    with torch.no_grad():
+        return prior.encode(white).float().mean(dim=(2, 3))[0]
+
+
+def build_optimizer(config: Config, field: torch.nn.Module) -> torch.optim.Optimizer:
+    kind = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam}[config.train.optimizer]
+    return kind(field.parameters(), lr=config.train.lr)
+
+
+def build_stage(config: Config, image: Optional[Path], saved_view: Optional[InputView] = None) -> Stage:
+    from sjc3d.fields import build_field
+    from sjc3d.priors import build_prior
+    from sjc3d.render import build_renderer
+
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    prior = build_prior(config, device)
+    if config.field.output == "latent" and prior.n_channels != 4:
+        raise ConfigError("field.output=latent needs a latent prior (the oracle in rgb space has none)")
+    view = saved_view if saved_view is not None else input_view_for(config, image, prior)
+    prior.condition(view.rgb.to(device), config.input.elevation, config.camera.radius)
+    field = build_field(config.field, device=device)
+    renderer = build_renderer(field, config.render, device=device)
+    reference, reference_mask = reference_targets(config, prior, view, device)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    return Stage(
+        config, device, prior, field, renderer, build_optimizer(config, field), view,
+        input_c2w(config.input.elevation, config.camera.radius, device), background_for(config, prior, device),
+        reference, reference_mask, generator,
+    )
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def score_term(stage: Stage) -> tuple[Tensor, dict[str, float], object]:
+    """Render random views, score them with the prior, return the chained surrogate loss."""
+    cfg = stage.config
+    poses = sample_poses(cfg.sjc.n_views, cfg.camera.elevation_range, cfg.camera.azimuth_range,
+                         cfg.camera.radius_range, stage.generator, stage.device)
+    c2w = poses.c2w()
+    render = stage.renderer.render_views(c2w, cfg.camera.fov_deg, cfg.camera.resolution, stage.background)
+    y = to_model_space(stage.prior, render.features, cfg.field.output)
+    draw = sjc.draw_noise(y, stage.prior.sigmas, cfg.sjc.t_min, cfg.sjc.t_max, stage.generator)
+    pose = zero123_pose(stage.input_c2w, c2w)
+    denoised = stage.prior.denoise(draw.z, draw.sigma, pose, cfg.prior.guidance_scale).to(y.dtype)
+    if not torch.isfinite(denoised).all():
+        raise FloatingPointError("score")
+    grad = sjc.clip_gradient(sjc.sjc_gradient(y, draw, denoised, cfg.sjc.variance_reduction), cfg.sjc.grad_clip)
+    stats = {"sigma": float(draw.sigma.mean()), "score_norm": float(grad.norm() / math.sqrt(grad.numel()))}
+    return sjc.chain_loss(y, grad), stats, render
+
+
+def reference_term(stage: Stage) -> tuple[Tensor, dict[str, float]]:
+    """Reference-view colour and mask losses, plus near-view consistency."""
+    cfg, w = stage.config, stage.config.loss
+    r = stage.reference.shape[1]
+    ref = stage.renderer.render_views(stage.input_c2w, cfg.camera.fov_deg, r, stage.background)
+    color = losses.reference_color_loss(ref.features, stage.reference)
+    mask = losses.reference_mask_loss(ref.opacity, stage.reference_mask)
+    total = w.ref_rgb * color + w.ref_mask * mask
+    stats = {"ref_color": float(color), "ref_mask": float(mask)}
+    if w.near_view > 0:
+        jitter = (torch.rand(2, generator=stage.generator) * 2 - 1) * w.near_view_degrees
+        near_c2w = spherical_to_c2w(cfg.input.elevation + jitter[:1], jitter[1:], torch.tensor([cfg.camera.radius]))
+        near = stage.renderer.render_views(near_c2w.to(stage.device), cfg.camera.fov_deg, r, stage.background)
+        near_loss = losses.near_view_loss(near.features, ref.features)
+        total = total + w.near_view * near_loss
+        stats["near_view"] = float(near_loss)
+    if cfg.field.output == "rgb":
+        stats["ref_psnr"] = float(-10 * torch.log10(color.detach().clamp_min(1e-10)))
+    return total, stats
+
+
+def regulariser_term(stage: Stage, render, step: int) -> tuple[Tensor, dict[str, float]]:
+    w, total_steps = stage.config.loss, stage.config.train.steps
+    total = torch.zeros((), device=stage.device)
+    stats: dict[str, float] = {}
+    if w.depth_smooth > 0 and losses.ramp(step, total_steps, w.depth_smooth_start):
+        smooth = losses.depth_smoothness_loss(render.depth, render.opacity)
+        total = total + w.depth_smooth * smooth
+        stats["depth_smooth"] = float(smooth)
+    if w.emptiness > 0:
+        boost = w.emptiness_multiplier if losses.ramp(step, total_steps, w.emptiness_start) else 1.0
+        empty = losses.emptiness_loss(render.opacity, w.emptiness_scale)
+        total = total + w.emptiness * boost * empty
+        stats["emptiness"] = float(empty)
+    if w.opacity > 0:
+        entropy = losses.opacity_entropy_loss(render.opacity)
+        total = total + w.opacity * entropy
+        stats["opacity_entropy"] = float(entropy)
+    return total, stats
+
+
+def train_step(stage: Stage, step: int) -> dict[str, float]:
+    """One optimisation step (1-based `step`); raises NonFiniteError on NaN/Inf."""
+    stage.field.train()
+    stage.renderer.train()
+    stage.optimizer.zero_grad(set_to_none=True)
+    try:
+        chained, stats, render = score_term(stage)
+    except FloatingPointError:
+        raise NonFiniteError(f"non-finite score at step {step}") from None
+    regulariser, reg_stats = regulariser_term(stage, render, step)
+    stats.update(reg_stats)
+    loss = chained + regulariser
+    if step % stage.config.loss.ref_every == 0:
+        ref_loss, ref_stats = reference_term(stage)
+        loss = loss + ref_loss
+        stats.update(ref_stats)
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"non-finite loss at step {step}")
+    loss.backward()
+    stage.optimizer.step()
+    stage.renderer.update(step)
+    stats["loss"] = float(loss)
+    return stats
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def checkpoint_state(stage: Stage, step: int, elapsed: float) -> dict:
+    return {
+        "step": step,
+        "field": stage.field.state_dict(),
+        "renderer": stage.renderer.state_dict(),
+        "optimizer": stage.optimizer.state_dict(),
+        "background": stage.background.detach().cpu(),
+        "rng": stage.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "input_rgb": stage.view.rgb.cpu(),
+        "input_mask": stage.view.mask.cpu(),
+        "elapsed": elapsed,
+    }
+
+
+def restore(stage: Stage, state: dict) -> None:
+    stage.field.load_state_dict(state["field"])
+    stage.renderer.load_state_dict(state["renderer"])
+    stage.optimizer.load_state_dict(state["optimizer"])
+    stage.generator.set_state(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep complete metric lines up to `last_step` (a killed run may leave later or partial ones)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", math.inf) <= last_step:
+            kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+@torch.no_grad()
+def turntable_strip(stage: Stage, n_frames: int, resolution: int) -> Tensor:
+    """[H, n·W, 3] views around the object at a fixed elevation (decoded for latent fields)."""
+    cfg = stage.config
+    azimuth = torch.linspace(0.0, 360.0, n_frames + 1)[:-1]
+    c2w = spherical_to_c2w(torch.full_like(azimuth, PREVIEW_ELEVATION), azimuth, torch.full_like(azimuth, cfg.camera.radius))
+    stage.field.eval()
+    stage.renderer.eval()
+    render = stage.renderer.render_views(c2w.to(stage.device), cfg.camera.fov_deg, resolution, stage.background)
+    images = render.features
+    if cfg.field.output == "latent":
+        images = stage.prior.decode(images.permute(0, 3, 1, 2))
+    images = images.clamp(0, 1)
+    return torch.cat(list(images), dim=1)
+
+
+def write_preview(stage: Stage, paths: RunPaths, name: str) -> Path:
+    cfg = stage.config
+    resolution = cfg.camera.resolution if cfg.field.output == "latent" else max(64, cfg.camera.resolution)
+    strip = turntable_strip(stage, cfg.train.preview_frames, resolution)
+    path = paths.previews / f"{name}.png"
+    save_png(path, strip)
+    return path
+
+
+class MetricsLog:
+    """metrics.jsonl, one JSON object per logged step, appended and flushed."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain log lines otherwise (or nothing when quiet)."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log_every: int):
+        self.enabled, self.log_every, self.total = enabled, log_every, total
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+            self.bar = Bar(TextColumn("fit"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                           TimeRemainingColumn())
+            self.task = self.bar.add_task("fit", total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, stats: dict[str, float], rate: float) -> None:
+        info = f"loss {stats['loss']:.4g}  {rate:.2f} it/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.enabled and (step % self.log_every == 0 or step == self.total):
+            print(f"step {step}/{self.total}  {info}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train a field for `config.train.steps` steps into `run_dir` (continuing it if `resume`)."""
+    paths = RunPaths(Path(run_dir))
+    state = None
+    if resume:
+        state = load_checkpoint(paths.last_checkpoint)
+        view = InputView(state["input_rgb"], state["input_mask"])
+        stage = build_stage(config, None, saved_view=view)
+        restore(stage, state)
+    else:
+        stage = build_stage(config, Path(image) if image else None)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.config, dump_config(config))
+        save_png(paths.input_image, torch.cat([stage.view.rgb, stage.view.mask[..., None]], -1))
+
+    start = int(state["step"]) if state else 0
+    elapsed_before = float(state.get("elapsed", 0.0)) if state else 0.0
+    truncate_metrics(paths.metrics, start)
+    total = config.train.steps
+    log = MetricsLog(paths.metrics)
+    bar = Progress(total, start, progress, config.train.log_every)
+    t0 = time.perf_counter()
+    step, stats = start, {}
+    try:
+        for step in range(start + 1, total + 1):
+            try:
+                stats = train_step(stage, step)
+            except NonFiniteError as e:
+                last = f"{paths.last_checkpoint}" if paths.last_checkpoint.is_file() else "none written yet"
+                raise NonFiniteError(f"{e}; training stopped, last good checkpoint: {last}") from None
+            done = step - start
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            if step % config.train.log_every == 0 or step == total:
+                log.write({"step": step, **stats, "it_per_s": rate, "time": elapsed_before + time.perf_counter() - t0})
+            bar.update(step, stats, rate)
+            if step % config.train.checkpoint_every == 0 and step < total:
+                save_checkpoint(paths.last_checkpoint, checkpoint_state(stage, step, elapsed_before + time.perf_counter() - t0))
+            if config.train.preview_every > 0 and step % config.train.preview_every == 0 and step < total:
+                write_preview(stage, paths, f"step_{step:06d}")
+    except KeyboardInterrupt:
+        completed = step if stats else step - 1
+        save_checkpoint(paths.last_checkpoint, checkpoint_state(stage, completed, elapsed_before + time.perf_counter() - t0))
+        bar.close()
+        log.close()
+        print(f"interrupted at step {completed}: checkpoint written; continue with `sjc3d fit --resume {paths.root}`",
+              file=sys.stderr)
+        raise
+    bar.close()
+    log.close()
+
+    wall = elapsed_before + time.perf_counter() - t0
+    final = checkpoint_state(stage, total, wall)
+    save_checkpoint(paths.last_checkpoint, final)
+    save_checkpoint(paths.final_checkpoint, final)
+    if config.train.preview_every > 0:
+        write_preview(stage, paths, "final")
+    metrics = {k: float(v) for k, v in stats.items()}
+    return FitResult(paths.root, total, metrics, wall)
+
+
+def default_run_dir(config: Config, image: Optional[str]) -> Path:
+    stem = Path(image).stem if image else Path(config.prior.source.split(":", 1)[-1]).stem
+    return Path("outputs") / stem / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def fit_command(image: Optional[str], presets: list[str], overrides: list[str], out: Optional[Path],
+                resume: Optional[Path]) -> FitResult:
+    """`sjc3d fit`: resolve the config, pick the run directory, train, say where things are."""
+    if resume is not None:
+        paths = RunPaths(Path(resume))
+        if not paths.last_checkpoint.is_file():
+            raise InputError(f"cannot resume {resume}: no checkpoint at {paths.last_checkpoint}")
+        if image is not None:
+            raise ConfigError("--resume continues a run with its own input; do not pass an image")
+        saved = config_to_dict(load_run_config(paths))
+        config = load_config(presets, overrides, base=saved)
+        atomic_write_text(paths.config, dump_config(config))
+        run_dir = paths.root
+    else:
+        config = load_config(presets, overrides)
+        if image is None and not is_oracle(config.prior.source):
+            raise InputError("give an input image: sjc3d fit IMAGE (only --prior oracle:MESH needs none)")
+        run_dir = Path(out) if out is not None else default_run_dir(config, image)
+        if RunPaths(run_dir).last_checkpoint.is_file():
+            raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or choose another --out")
+    result = fit(config, Path(image) if image else None, run_dir, resume=resume is not None)
+    summary = "  ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("loss", "ref_psnr", "ref_mask"))
+    print(f"done: {result.step} steps in {result.wall_time:.1f} s  {summary}")
+    print(f"run directory: {result.run_dir}")
+    print(f"export a mesh: sjc3d export {result.run_dir} --mesh {result.run_dir / 'mesh.glb'}")
+    return result
