@@ -95,13 +95,26 @@ def to_model_space(prior, features: Tensor, output: str) -> Tensor:
     return prior.encode(resize_images(features, size) if size else features)
 
 
+def encode_size(config: Config, prior) -> int:
+    """Side of the images the prior's encoder expects (the VAE's training size, else the input's)."""
+    return getattr(prior, "encode_size", None) or config.input.size
+
+
+def check_latent_resolution(config: Config, prior) -> None:
+    """Latent renders must have the size of the model's latents (256² views → 32², VAE factor 8)."""
+    expected = encode_size(config, prior) // 8
+    if config.field.output == "latent" and config.camera.resolution != expected:
+        raise ConfigError(f"camera.resolution={config.camera.resolution}: latent renders for this prior must be "
+                          f"{expected}x{expected} (set camera.resolution={expected}, or field.output=rgb)")
+
+
 def reference_targets(config: Config, prior, view: InputView, device: torch.device) -> tuple[Tensor, Tensor]:
     """What the render at the input camera should match: ([1, r, r, C], [1, r, r, 1])."""
     r = config.camera.input_resolution or config.camera.resolution
     rgb = view.rgb[None].to(device)
     if config.field.output == "latent":
         with torch.no_grad():
-            latent = prior.encode(resize_images(rgb, config.input.size)).float()  # [1, 4, h, w]
+            latent = prior.encode(resize_images(rgb, encode_size(config, prior))).float()  # [1, 4, h, w]
         target = resize_images(latent.permute(0, 2, 3, 1), r)
     else:
         target = resize_images(rgb, r)
@@ -113,7 +126,8 @@ def background_for(config: Config, prior, device: torch.device) -> Tensor:
     """White, in the field's output space: RGB ones, or the latent of a white image."""
     if config.field.output == "rgb":
         return torch.ones(3, device=device)
-    white = torch.ones(1, config.input.size, config.input.size, 3, device=device)
+    size = encode_size(config, prior)
+    white = torch.ones(1, size, size, 3, device=device)
     with torch.no_grad():
         return prior.encode(white).float().mean(dim=(2, 3))[0]
 
@@ -130,9 +144,12 @@ def build_stage(config: Config, image: Optional[Path], saved_view: Optional[Inpu
 
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
+    if saved_view is None and image is not None:
+        saved_view = load_input_view(image, config.input)  # check the image before loading a model
     prior = build_prior(config, device)
     if config.field.output == "latent" and prior.n_channels != 4:
         raise ConfigError("field.output=latent needs a latent prior (the oracle in rgb space has none)")
+    check_latent_resolution(config, prior)
     view = saved_view if saved_view is not None else input_view_for(config, image, prior)
     prior.condition(view.rgb.to(device), config.input.elevation, config.camera.radius)
     field = build_field(config.field, device=device)
@@ -163,7 +180,7 @@ def score_term(stage: Stage) -> tuple[Tensor, dict[str, float], object]:
     if not torch.isfinite(denoised).all():
         raise FloatingPointError("score")
     grad = sjc.clip_gradient(sjc.sjc_gradient(y, draw, denoised, cfg.sjc.variance_reduction), cfg.sjc.grad_clip)
-    stats = {"sigma": float(draw.sigma.mean()), "score_norm": float(grad.norm() / math.sqrt(grad.numel()))}
+    stats = {"sigma": draw.sigma.mean().item(), "score_norm": (grad.norm() / math.sqrt(grad.numel())).item()}
     return sjc.chain_loss(y, grad), stats, render
 
 
@@ -175,16 +192,16 @@ def reference_term(stage: Stage) -> tuple[Tensor, dict[str, float]]:
     color = losses.reference_color_loss(ref.features, stage.reference)
     mask = losses.reference_mask_loss(ref.opacity, stage.reference_mask)
     total = w.ref_rgb * color + w.ref_mask * mask
-    stats = {"ref_color": float(color), "ref_mask": float(mask)}
+    stats = {"ref_color": color.item(), "ref_mask": mask.item()}
     if w.near_view > 0:
         jitter = (torch.rand(2, generator=stage.generator) * 2 - 1) * w.near_view_degrees
         near_c2w = spherical_to_c2w(cfg.input.elevation + jitter[:1], jitter[1:], torch.tensor([cfg.camera.radius]))
         near = stage.renderer.render_views(near_c2w.to(stage.device), cfg.camera.fov_deg, r, stage.background)
         near_loss = losses.near_view_loss(near.features, ref.features)
         total = total + w.near_view * near_loss
-        stats["near_view"] = float(near_loss)
+        stats["near_view"] = near_loss.item()
     if cfg.field.output == "rgb":
-        stats["ref_psnr"] = float(-10 * torch.log10(color.detach().clamp_min(1e-10)))
+        stats["ref_psnr"] = (-10 * torch.log10(color.detach().clamp_min(1e-10))).item()
     return total, stats
 
 
@@ -195,16 +212,16 @@ def regulariser_term(stage: Stage, render, step: int) -> tuple[Tensor, dict[str,
     if w.depth_smooth > 0 and losses.ramp(step, total_steps, w.depth_smooth_start):
         smooth = losses.depth_smoothness_loss(render.depth, render.opacity)
         total = total + w.depth_smooth * smooth
-        stats["depth_smooth"] = float(smooth)
+        stats["depth_smooth"] = smooth.item()
     if w.emptiness > 0:
         boost = w.emptiness_multiplier if losses.ramp(step, total_steps, w.emptiness_start) else 1.0
         empty = losses.emptiness_loss(render.opacity, w.emptiness_scale)
         total = total + w.emptiness * boost * empty
-        stats["emptiness"] = float(empty)
+        stats["emptiness"] = empty.item()
     if w.opacity > 0:
         entropy = losses.opacity_entropy_loss(render.opacity)
         total = total + w.opacity * entropy
-        stats["opacity_entropy"] = float(entropy)
+        stats["opacity_entropy"] = entropy.item()
     return total, stats
 
 
@@ -229,7 +246,7 @@ def train_step(stage: Stage, step: int) -> dict[str, float]:
     loss.backward()
     stage.optimizer.step()
     stage.renderer.update(step)
-    stats["loss"] = float(loss)
+    stats["loss"] = loss.item()
     return stats
 
 
@@ -364,7 +381,7 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
     log = MetricsLog(paths.metrics)
     bar = Progress(total, start, progress, config.train.log_every)
     t0 = time.perf_counter()
-    step, stats = start, {}
+    completed, stats = start, {}
     try:
         for step in range(start + 1, total + 1):
             try:
@@ -372,8 +389,8 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
             except NonFiniteError as e:
                 last = f"{paths.last_checkpoint}" if paths.last_checkpoint.is_file() else "none written yet"
                 raise NonFiniteError(f"{e}; training stopped, last good checkpoint: {last}") from None
-            done = step - start
-            rate = done / max(time.perf_counter() - t0, 1e-9)
+            completed = step
+            rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
             if step % config.train.log_every == 0 or step == total:
                 log.write({"step": step, **stats, "it_per_s": rate, "time": elapsed_before + time.perf_counter() - t0})
             bar.update(step, stats, rate)
@@ -382,7 +399,8 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
             if config.train.preview_every > 0 and step % config.train.preview_every == 0 and step < total:
                 write_preview(stage, paths, f"step_{step:06d}")
     except KeyboardInterrupt:
-        completed = step if stats else step - 1
+        # An interrupt lands inside a step, almost always before optimizer.step(): the state
+        # saved is that after the last completed step.
         save_checkpoint(paths.last_checkpoint, checkpoint_state(stage, completed, elapsed_before + time.perf_counter() - t0))
         bar.close()
         log.close()

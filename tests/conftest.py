@@ -45,3 +45,44 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return DATA
+
+
+# --------------------------------------------------------------------------- Zero-1-to-3 (tiny)
+
+
+@pytest.fixture(scope="session")
+def tiny_zero123(tmp_path_factory) -> dict:
+    """Tiny random Zero-1-to-3 models in every public layout (see tests/zero123_fixtures.py).
+
+    {"cc": folder, "ccp": folder, "stable": folder, "ckpt": .ckpt file,
+     "image_encoder": folder holding image_encoder/} — all the same weights.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from zero123_fixtures import build_all
+
+    return build_all(tmp_path_factory.mktemp("zero123"))
+
+
+@pytest.fixture(scope="session")
+def tiny_zero123_prior(tiny_zero123):
+    """A loaded Zero123Prior (clip_camera_projection layout, CPU, float32), not yet conditioned."""
+    from sjc3d.priors.zero123 import load_zero123
+
+    return load_zero123(str(tiny_zero123["ccp"]), device="cpu")
+
+
+@pytest.fixture()
+def single_thread():
+    """One intra-op thread for the duration of a test (restored after).
+
+    The tiny models' kernels take about a millisecond; on a shared, busy CPU the hand-off
+    between two threads costs tens of milliseconds per kernel, which would dominate.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

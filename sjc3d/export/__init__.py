@@ -1,0 +1,31 @@
+"""Mesh export: density grid → marching cubes → cleanup → vertex colours → .glb/.obj/.ply.
+
+    grid.py      density on a grid (chunked), the automatic iso level, marching cubes
+    cleanup.py   floaters, Taubin smoothing, decimation
+    color.py     vertex colours: queried (RGB fields) or projected from decoded views (latent)
+    raster.py    a small z-buffer rasteriser (visibility, and checking the colours)
+    writers.py   file formats and axes (files are y-up, front +z)
+    pipeline.py  the library entry point `export_field`
+    command.py   `sjc3d export`
+"""
+
+from sjc3d.export.command import export_command
+from sjc3d.export.grid import EmptyFieldError, ThresholdChoice, choose_threshold, sample_density_grid
+from sjc3d.export.pipeline import ColorViews, ExportResult, export_field, field_geometry, render_colored_mesh
+from sjc3d.export.writers import FILE_TO_WORLD, WORLD_TO_FILE, write_mesh
+
+__all__ = [
+    "ColorViews",
+    "EmptyFieldError",
+    "ExportResult",
+    "FILE_TO_WORLD",
+    "ThresholdChoice",
+    "WORLD_TO_FILE",
+    "choose_threshold",
+    "export_command",
+    "export_field",
+    "field_geometry",
+    "render_colored_mesh",
+    "sample_density_grid",
+    "write_mesh",
+]

@@ -1,0 +1,243 @@
+"""Multi-resolution hash encoding (instant-NGP, Müller et al. 2022) in pure PyTorch.
+
+A point x ∈ [0, 1]³ is looked up in L grids of growing resolution.  On each level the point
+falls in a cell; the features stored at the cell's 8 corners are blended trilinearly, and the
+L blended feature vectors are concatenated into an encoding of size L · F.
+
+Level geometry follows tiny-cuda-nn, so that both backends see the same grids:
+
+    scale_l      = base_resolution · per_level_scale^l − 1
+    resolution_l = ceil(scale_l) + 1                       (vertices per side)
+    pos          = x · scale_l + 0.5                       (grid coordinates of x)
+
+A coarse level whose resolution_l³ vertices fit in the table is stored densely (one row per
+vertex, index i + j·R + k·R²).  Finer levels share 2^log2_hashmap_size rows through the spatial
+hash of the paper, h(i, j, k) = (i·π₁ ⊕ j·π₂ ⊕ k·π₃) mod T with π = (1, 2654435761, 805459861).
+Collisions are not resolved: the MLP behind the encoding learns to ignore them.
+
+Layout and speed (this is the CPU backend; every pass over memory counts, and the random reads
+and writes into the table dominate):
+
+* One parameter `planes` [F, n_rows]: feature-major, so that the table gradient can be built
+  with 1-D `index_add_` (CPU's 2-D `index_add_` adds one row slice at a time: ~10x slower) and
+  needs no transpose.  Hashed levels come first, level j at rows [j·T, (j+1)·T): the offset
+  j·T has no bits below log2(T), so it is OR-ed into the x-term before the three terms are
+  XOR-ed (the XOR never touches those bits).  Dense levels follow.
+* All levels at once.  Corner indices and weights are built corner-major ([L, 8, N], points
+  innermost, so every broadcast runs over long contiguous rows) from per-axis terms of the two
+  corners of each axis ([L, 2, N], cheap), then transposed once to point-major [L, N, 8] for
+  the gather.  Level-major order keeps each sweep within one level's slice of the table.
+* Indices are int32 whenever the table has fewer than 2³¹ rows (half the memory traffic).
+* Gather + weight + sum over the 8 corners is `embedding_bag(mode="sum")` per feature plane.
+  Its own backward is slow on CPU, so a small autograd Function supplies the backward: a
+  serial 1-D `index_add_` per plane, the planes in two threads; and, only when the positions
+  need a gradient (normals), a gather for the corner weights.  The trilinear weights are
+  ordinary autograd ops, so the position gradient comes out of autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """Geometry of one grid level."""
+
+    scale: float  # pos = x · scale + 0.5
+    resolution: int  # vertices per side
+    n_rows: int  # rows this level owns in the table
+    dense: bool  # True: row = i + j·R + k·R²; False: spatial hash
+
+
+def level_specs(
+    n_levels: int, base_resolution: int, per_level_scale: float, log2_hashmap_size: int
+) -> list[LevelSpec]:
+    """The L levels of a grid, coarse to fine (tiny-cuda-nn's conventions, see module doc)."""
+    table_size = 1 << log2_hashmap_size
+    specs = []
+    for level in range(n_levels):
+        scale = base_resolution * per_level_scale**level - 1.0
+        resolution = math.ceil(scale) + 1
+        n_vertices = resolution**3
+        dense = n_vertices <= table_size
+        # Dense rows rounded up to a multiple of 8 (tcnn aligns its levels the same way).
+        n_rows = -(-n_vertices // 8) * 8 if dense else table_size
+        specs.append(LevelSpec(scale, resolution, n_rows, dense))
+    return specs
+
+
+def n_encoding_params(specs: list[LevelSpec], n_features_per_level: int) -> int:
+    """Number of trainable values of a grid (what tcnn reports for the same hyper-parameters)."""
+    return sum(s.n_rows for s in specs) * n_features_per_level
+
+
+# --------------------------------------------------------------------------- the autograd op
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _map_features(fn, n_features: int) -> list:
+    """Run fn(f) for every feature plane; in two threads on CPU.
+
+    The scatter of the backward pass is a serial loop inside PyTorch (`index_add_` on CPU has
+    no parallel path), while each feature plane is separate memory: one Python thread per plane
+    (the op releases the GIL) uses the second core.
+    """
+    global _POOL
+    if n_features < 2 or torch.get_num_threads() < 2:
+        return [fn(f) for f in range(n_features)]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sjc3d-hashgrid")
+    return list(_POOL.map(fn, range(n_features)))
+
+
+class _InterpolatePlanes(torch.autograd.Function):
+    """out[f, l, n] = Σ_c w[l, c, n] · planes[f, idx[l, c, n]]  — gather-and-blend, fast CPU backward.
+
+    planes [F, n_rows], idx [L, 8, N] int, w [L, 8, N]  →  out [F, L, N].
+    """
+
+    @staticmethod
+    def forward(ctx, planes: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(planes, idx, w)
+        flat_idx = idx.reshape(-1)
+        return torch.stack([(planes[f].index_select(0, flat_idx).view_as(w) * w).sum(1) for f in range(planes.shape[0])])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        planes, idx, w = ctx.saved_tensors
+        grad_planes = grad_w = None
+        flat_idx = idx.reshape(-1)
+        if ctx.needs_input_grad[0]:
+            grad_planes = torch.zeros_like(planes)
+
+            def scatter(f: int) -> None:  # grad[f, idx[l, c, n]] += w[l, c, n] · grad_out[f, l, n]
+                with torch.no_grad():  # grad mode is per thread
+                    grad_planes[f].index_add_(0, flat_idx, (w * grad_out[f, :, None, :]).reshape(-1))
+
+            _map_features(scatter, planes.shape[0])
+        if ctx.needs_input_grad[2]:
+            grad_w = torch.zeros_like(w)
+            for f in range(planes.shape[0]):
+                grad_w += planes[f].index_select(0, flat_idx).view_as(w) * grad_out[f, :, None, :]
+        return grad_planes, None, grad_w
+
+
+# --------------------------------------------------------------------------- the encoding
+
+
+class HashGridEncoding(nn.Module):
+    """x [N, 3] in [0, 1]³ → features [N, n_levels · n_features_per_level].
+
+    Points outside [0, 1]³ are clamped onto the cube (the field zeroes their density anyway).
+    """
+
+    def __init__(
+        self,
+        n_levels: int = 16,
+        n_features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        per_level_scale: float = 1.447269237440378,
+        init_scale: float = 1e-4,
+    ):
+        super().__init__()
+        self.n_levels = n_levels
+        self.n_features_per_level = n_features_per_level
+        self.log2_hashmap_size = log2_hashmap_size
+        self.specs = level_specs(n_levels, base_resolution, per_level_scale, log2_hashmap_size)
+        self.n_output_dims = n_levels * n_features_per_level
+        table_size = 1 << log2_hashmap_size
+
+        # Row offsets: hashed levels first (aligned to the table size), then dense levels.
+        hashed = [i for i, s in enumerate(self.specs) if not s.dense]
+        dense = [i for i, s in enumerate(self.specs) if s.dense]
+        offsets = [0] * n_levels
+        row = 0
+        for i in hashed + dense:
+            offsets[i] = row
+            row += self.specs[i].n_rows
+        self.n_rows = row
+        # Dense levels are the coarse ones, so levels [0, n_dense) are dense, the rest hashed.
+        self.n_dense = len(dense)
+        assert dense == list(range(self.n_dense)), "resolution grows with the level"
+        self.index_dtype = torch.int32 if self.n_rows < 2**31 else torch.int64
+
+        self.planes = nn.Parameter(torch.empty(n_features_per_level, self.n_rows))
+        nn.init.uniform_(self.planes, -init_scale, init_scale)
+
+        specs = self.specs
+        self.register_buffer("scales", torch.tensor([s.scale for s in specs], dtype=torch.float64), persistent=False)
+        # Per-level integer multipliers of the three axes and the row offset folded into x.
+        mult = [[1, s.resolution, s.resolution**2] if s.dense else list(PRIMES) for s in specs]
+        self.register_buffer("axis_mult", torch.tensor(mult, dtype=torch.int64), persistent=False)  # [L, 3]
+        self.register_buffer("row_offset", torch.tensor(offsets, dtype=torch.int64), persistent=False)  # [L]
+        self.register_buffer(
+            "max_vertex", torch.tensor([s.resolution - 1 for s in specs], dtype=torch.int64), persistent=False
+        )
+        self.hash_mask = table_size - 1
+
+    def extra_repr(self) -> str:
+        return (
+            f"levels={self.n_levels} (dense {self.n_dense}), features={self.n_features_per_level}, "
+            f"table=2^{self.log2_hashmap_size}, rows={self.n_rows}"
+        )
+
+    # ----------------------------------------------------------------- pieces (pure tensor math)
+
+    def corner_indices(self, cell: Tensor) -> Tensor:
+        """Table rows of the 8 corners of each point's cell.
+
+        cell: [L, 3, N] int64 lower corner of each cell.  Returns [L, 8, N] (index_dtype), corner
+        c = 4·cx + 2·cy + cz.
+        """
+        L, _, N = cell.shape
+        nd, dt = self.n_dense, self.index_dtype
+        terms = torch.empty(L, 3, 2, N, dtype=dt, device=cell.device)  # per-axis terms of both corners
+        if nd > 0:  # dense: row = i + j·R + k·R² + offset; the far corner is clamped onto the grid
+            mult = self.axis_mult[:nd, :, None]
+            terms[:nd, :, 0] = cell[:nd] * mult
+            terms[:nd, :, 1] = torch.minimum(cell[:nd] + 1, self.max_vertex[:nd, None, None]) * mult
+            terms[:nd, 0] += self.row_offset[:nd, None, None].to(dt)
+        if nd < L:  # hashed: (i·π₁ ⊕ j·π₂ ⊕ k·π₃) mod T; (i+1)·π ≡ i·π + π, so corner 1 is one add
+            primes = self.axis_mult[nd:, :, None]
+            h0 = (cell[nd:] * primes) & self.hash_mask  # int64: the products exceed 32 bits
+            terms[nd:, :, 0] = h0
+            terms[nd:, :, 1] = (h0 + (primes & self.hash_mask)) & self.hash_mask
+            terms[nd:, 0] |= self.row_offset[nd:, None, None].to(dt)  # offset bits lie above the mask
+        out = torch.empty(L, 2, 2, 2, N, dtype=dt, device=cell.device)
+        tx, ty, tz = terms.unbind(1)  # [L, 2, N] each
+        if nd > 0:
+            torch.add((tx[:nd, :, None] + ty[:nd, None])[:, :, :, None], tz[:nd, None, None], out=out[:nd])
+        if nd < L:
+            torch.bitwise_xor((tx[nd:, :, None] ^ ty[nd:, None])[:, :, :, None], tz[nd:, None, None], out=out[nd:])
+        return out.view(L, 8, N)
+
+    @staticmethod
+    def trilinear_weights(frac: Tensor) -> Tensor:
+        """frac [L, 3, N] position inside the cell → corner weights [L, 8, N] (same corner order)."""
+        wx, wy, wz = torch.stack([1.0 - frac, frac], dim=2).unbind(1)  # [L, 2, N] each
+        w = (wx[:, :, None] * wy[:, None])[:, :, :, None] * wz[:, None, None]
+        return w.reshape(frac.shape[0], 8, frac.shape[2])
+
+    # ----------------------------------------------------------------- forward
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [N, 3] in [0, 1]³ → [N, n_levels · n_features_per_level] (level-major features)."""
+        n = x.shape[0]
+        x = x.clamp(0.0, 1.0).to(self.planes.dtype)
+        pos = x.t()[None] * self.scales.to(x.dtype)[:, None, None] + 0.5  # [L, 3, N]
+        cell = pos.detach().floor()
+        idx = self.corner_indices(cell.long())  # [L, 8, N]
+        w = self.trilinear_weights(pos - cell)  # [L, 8, N]
+        out = _InterpolatePlanes.apply(self.planes, idx, w)  # [F, L, N]
+        return out.permute(2, 1, 0).reshape(n, self.n_output_dims)

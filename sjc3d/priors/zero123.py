@@ -1,0 +1,243 @@
+"""The Zero-1-to-3 prior: a view-conditioned latent diffusion model used as a VE denoiser.
+
+Conditioning, exactly as the original code (DESIGN.md §4; zero123/3drec/run_zero123.py):
+
+* CLIP branch.  The input view in [−1, 1] is resized to 224² with bicubic interpolation and
+  no crop, mapped back to [0, 1] and normalised with CLIP's mean/std (`clip_preprocess`); the
+  projected CLIP image embedding [B, 768] is concatenated with the pose embedding T [B, 4]
+  and passed through the 772 → 768 projection: the cross-attention context [B, 1, 768].
+  The original resizes with `kornia.geometry.resize(..., 'bicubic', align_corners=True,
+  antialias=False)`, which is `F.interpolate(mode="bicubic", align_corners=True)`; we call
+  that directly.  (HF's CLIPImageProcessor would resize the short side and centre-crop.)
+* Concat branch.  The VAE posterior *mode* of the input view, *not* multiplied by the
+  scaling factor 0.18215, is concatenated to the (scaled) noisy latent: 8 UNet channels.
+* Unconditional branch (classifier-free guidance): a zero context *after* the projection and
+  a zero concat latent; ε̂ = ε_u + s·(ε_c − ε_u).
+
+VE view for SJC (DESIGN.md §5): σ_t = sqrt((1 − ᾱ_t)/ᾱ_t) and
+D(z, σ) = z − σ·ε̂(z / sqrt(1 + σ²), t(σ)).  t(σ) is the discrete step whose σ_t is nearest
+to σ, and — as the original 3drec code does — that snapped σ_t is the σ used in the formula,
+so D is exact for every noise level of the schedule and a close approximation between them.
+
+Stable Zero123 replaces the 4th pose entry (Δradius) by the input view's absolute polar
+angle in radians; `condition()` records that angle and `denoise()` substitutes it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sjc3d.config import DEFAULT_MODEL
+from sjc3d.priors.loading import Zero123Parts, load_parts, load_vae  # noqa: F401  (re-exported)
+
+CLIP_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def clip_preprocess(images: Tensor) -> Tensor:
+    """[B, 3, H, W] in [−1, 1] → [B, 3, 224, 224] CLIP input (bicubic, no crop, mean/std)."""
+    x = F.interpolate(images, size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=True)
+    x = (x + 1.0) / 2.0
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def alphas_cumprod_from_config(config: dict) -> Tensor:
+    """ᾱ_t [T] (float64) of a diffusers scheduler config (scaled_linear or linear betas).
+
+    In float64 like the original (numpy) so that σ_t matches it to the last digit.
+    """
+    n = int(config.get("num_train_timesteps", 1000))
+    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+    schedule = config.get("beta_schedule", "scaled_linear")
+    if schedule == "scaled_linear":
+        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    else:
+        raise ValueError(f"unsupported beta_schedule {schedule!r}")
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def ve_sigmas(alphas_cumprod: Tensor) -> Tensor:
+    """σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), increasing in t."""
+    return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
+def nearest_timestep(sigma: Tensor, sigmas: Tensor) -> Tensor:
+    """Index t [B] (long) of the level in `sigmas` [T] closest to each `sigma` [B]."""
+    # float64: far above σ_max the float32 differences would all round to the same value
+    sigma = sigma.reshape(-1, 1).to(sigmas.device, torch.float64)
+    return (sigma - sigmas.reshape(1, -1).double()).abs().argmin(dim=1)
+
+
+def guide(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance ε_u + s·(ε_c − ε_u)."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def stable_pose(pose: Tensor, input_polar: float) -> Tensor:
+    """Stable Zero123 embedding: the 4th entry becomes the input view's polar angle (radians)."""
+    pose = pose.clone()
+    pose[..., 3] = input_polar
+    return pose
+
+
+# ----------------------------------------------------------------------------- the prior
+
+
+class Zero123Prior:
+    """Zero-1-to-3 behind the `Prior` protocol (sjc3d/priors/base.py).
+
+    Components are injected (see `load_zero123`); they are frozen.  Model space: latents
+    scaled by `vae.config.scaling_factor`, [B, 4, h, w] with h = H/8 (32 for 256² views).
+    fp16 on CUDA by default; everything returned is float32.
+    """
+
+    n_channels = 4
+
+    @property
+    def encode_size(self) -> int:
+        return self.image_size
+
+    def __init__(self, unet, vae, image_encoder, projection, scheduler_config: dict, stable: bool = False) -> None:
+        self.unet, self.vae, self.image_encoder, self.projection = unet, vae, image_encoder, projection
+        self.scheduler_config = dict(scheduler_config)
+        self.stable = stable
+        self.device = next(unet.parameters()).device
+        self.dtype = next(unet.parameters()).dtype
+        self.scaling_factor = float(vae.config.scaling_factor)
+        # Side of the views the model was trained on (256; a .ckpt does not record it, the
+        # published value is used).  condition() resizes the input view to it, and the trainer
+        # resizes RGB renders to it before encode() (`encode_size`).
+        self.image_size = int(vae.config.sample_size)
+        self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
+        self.sigmas = ve_sigmas(self.alphas_cumprod).float().to(self.device)
+        self.clip_embedding: Tensor | None = None  # [1, 768]
+        self.concat_latent: Tensor | None = None  # [1, 4, h, w], unscaled posterior mode
+        self.input_polar = math.pi / 2  # radians; Stable Zero123's 4th pose entry
+        self.input_radius = 0.0
+
+    @classmethod
+    def from_parts(cls, parts: Zero123Parts) -> "Zero123Prior":
+        return cls(parts.unet, parts.vae, parts.image_encoder, parts.projection, parts.scheduler_config, parts.stable)
+
+    # -- conditioning ---------------------------------------------------------------------
+
+    def _to_model_image(self, image: Tensor) -> Tensor:
+        """[H, W, 3] in [0, 1] → [1, 3, S, S] in [−1, 1], S = the model's training size."""
+        x = image.to(self.device, torch.float32).permute(2, 0, 1)[None] * 2.0 - 1.0
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            # The concat latent must match the latent renders; Zero-1-to-3 saw 256² views.
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
+        return x
+
+    @torch.no_grad()
+    def condition(self, image: Tensor, elevation_deg: float, radius: float) -> None:
+        """Encode the input view once: CLIP embedding, unscaled concat latent, input polar."""
+        x = self._to_model_image(image)
+        pixels = clip_preprocess(x).to(self.dtype)
+        self.clip_embedding = self.image_encoder(pixel_values=pixels).image_embeds.float()
+        self.concat_latent = self.vae.encode(x.to(self.dtype)).latent_dist.mode().float()
+        self.input_polar = math.radians(90.0 - float(elevation_deg))
+        self.input_radius = float(radius)
+
+    def context(self, pose: Tensor) -> Tensor:
+        """Cross-attention context [B, 1, 768] = projection([CLIP embedding ‖ T]) for poses [B, 4]."""
+        if self.clip_embedding is None:
+            raise RuntimeError("call condition(image, elevation, radius) before denoising")
+        pose = pose.to(self.device, torch.float32).reshape(-1, 4)
+        if self.stable:
+            pose = stable_pose(pose, self.input_polar)
+        embedding = self.clip_embedding.expand(pose.shape[0], -1)
+        features = torch.cat([embedding, pose], dim=-1).to(self.projection.weight.dtype)
+        return self.projection(features)[:, None, :]
+
+    # -- the network -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_noise(self, x: Tensor, t: Tensor, pose: Tensor, guidance_scale: float) -> Tensor:
+        """Guided ε̂(x, t) [B, 4, h, w] float32 at the DDPM scale (x = √ᾱ·y + √(1−ᾱ)·n).
+
+        x: [B, 4, h, w] scaled latents; t: [B] integer timesteps; pose: [B, 4].
+        One UNet call of batch 2B for guidance (B when the scale is 1: ε_u is not needed).
+        """
+        context = self.context(pose)
+        n = x.shape[0]
+        concat = self.concat_latent.to(self.dtype).expand(n, -1, -1, -1)
+        x = x.to(self.device, self.dtype)
+        t = t.to(self.device).reshape(-1).expand(n)
+        if guidance_scale == 1.0:
+            return self.unet(torch.cat([x, concat], dim=1), t, encoder_hidden_states=context).sample.float()
+        sample = torch.cat([torch.cat([x, torch.zeros_like(concat)], dim=1), torch.cat([x, concat], dim=1)])
+        contexts = torch.cat([torch.zeros_like(context), context])
+        eps = self.unet(sample, torch.cat([t, t]), encoder_hidden_states=contexts).sample.float()
+        eps_uncond, eps_cond = eps.chunk(2)
+        return guide(eps_uncond, eps_cond, guidance_scale)  # in float32: s = 100 amplifies fp16 error
+
+    @torch.no_grad()
+    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float) -> Tensor:
+        """D(z, σ) = z − σ_t·ε̂(z/sqrt(1+σ_t²), t), σ_t the schedule level nearest to σ.
+
+        z: [B, 4, h, w] noisy scaled latents; sigma: [B] (or a scalar); pose: [B, 4].
+        """
+        z = z.to(self.device, torch.float32)
+        n = z.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).reshape(-1).expand(n)
+        t = nearest_timestep(sigma, self.sigmas)
+        sigma_t = self.sigmas[t].view(n, 1, 1, 1)
+        eps = self.predict_noise(z / torch.sqrt(1.0 + sigma_t**2), t, pose, guidance_scale)
+        return z - sigma_t * eps
+
+    # -- the autoencoder ---------------------------------------------------------------------
+
+    def encode(self, rgb: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Images [B, H, W, 3] in [0, 1] → scaled latents [B, 4, H/8, W/8], differentiable.
+
+        The posterior mean by default (deterministic, lower-variance gradients for the RGB
+        render mode); `sample=True` draws from the posterior as the original's
+        `get_first_stage_encoding` does — SD's posterior std is tiny, so they barely differ.
+        """
+        x = (rgb.to(self.device).permute(0, 3, 1, 2) * 2.0 - 1.0).to(self.dtype)
+        posterior = self.vae.encode(x).latent_dist
+        latent = posterior.sample(generator) if sample else posterior.mean
+        return latent.float() * self.scaling_factor
+
+    def decode(self, z: Tensor, clamp: bool = True) -> Tensor:
+        """Scaled latents [B, 4, h, w] → images [B, 8h, 8w, 3], in [0, 1] when `clamp`.
+
+        Differentiable (wrap in torch.no_grad() for previews); `clamp=False` keeps gradients
+        of pixels the decoder pushes slightly outside [0, 1] (e.g. a white background).
+        """
+        x = self.vae.decode((z.to(self.device) / self.scaling_factor).to(self.dtype)).sample.float()
+        x = (x + 1.0) / 2.0
+        if clamp:
+            x = x.clamp(0.0, 1.0)
+        return x.permute(0, 2, 3, 1)
+
+
+def load_zero123(
+    source: str = DEFAULT_MODEL,
+    *,
+    image_encoder: str | None = None,
+    stable: str = "auto",
+    dtype=None,
+    device="cpu",
+) -> Zero123Prior:
+    """A ready Zero123Prior from a hub id, a local diffusers folder (either layout) or a `.ckpt`.
+
+    image_encoder: CLIP image encoder (hub id or folder) for sources without their own: a
+        `.ckpt` (default PriorConfig.image_encoder) or a folder lacking image_encoder/.
+    stable: "auto" (the source's name contains "stable"), "yes" or "no".
+    dtype: None/"auto" = float16 on CUDA, float32 elsewhere.
+    Raises ModelNotFoundError (one line) when the weights cannot be found or read.
+    """
+    return Zero123Prior.from_parts(load_parts(source, image_encoder=image_encoder, stable=stable, dtype=dtype, device=device))

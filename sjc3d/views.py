@@ -1,0 +1,166 @@
+"""`sjc3d views`: novel views of the input sampled from the Zero-1-to-3 prior alone.
+
+No 3D here: each target camera is a DDIM sample of the view-conditioned diffusion model, the
+quickest way to see what the prior believes before spending a fit on it.  Poses are built
+with sjc3d.cameras (input camera at (elevation_in, azimuth 0, R); targets at
+(elevation_in + Δelevation, Δazimuth, R + Δradius)) and embedded by `zero123_pose`, so the
+convention lives in one place; a positive --elevation-delta moves the camera up.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from sjc3d.config import DEFAULT_MODEL, CameraConfig, InputConfig
+from sjc3d.errors import ConfigError
+
+
+def parse_azimuths(text: str) -> list[float]:
+    """"30,90,180" → [30.0, 90.0, 180.0]; anything else is a ConfigError."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--azimuth {text!r}: expected comma-separated numbers in degrees, e.g. 30,90,180") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--azimuth {text!r}: expected comma-separated numbers in degrees, e.g. 30,90,180")
+    return values
+
+
+def view_name(azimuth: float, elevation_delta: float, radius_delta: float) -> str:
+    """File stem of a target view, e.g. az030_el+00_r+0.00 (azimuth, Δelevation, Δradius)."""
+    az = f"{int(azimuth):03d}" if float(azimuth).is_integer() else f"{azimuth:05.1f}"
+    el = f"{elevation_delta:+03.0f}" if float(elevation_delta).is_integer() else f"{elevation_delta:+.1f}"
+    return f"az{az}_el{el}_r{radius_delta:+.2f}"
+
+
+def target_poses(azimuths: list[float], input_elevation: float, elevation_delta: float, radius: float,
+                 radius_delta: float) -> Tensor:
+    """Zero-1-to-3 pose embeddings [N, 4] of the target views relative to the input view."""
+    from sjc3d.cameras import input_c2w, spherical_to_c2w, zero123_pose
+
+    n = len(azimuths)
+    target = spherical_to_c2w(
+        torch.full((n,), input_elevation + elevation_delta),
+        torch.tensor(azimuths, dtype=torch.float32),
+        torch.full((n,), radius + radius_delta),
+    )
+    return zero123_pose(input_c2w(input_elevation, radius), target)
+
+
+@torch.no_grad()
+def sample_views(prior, poses: Tensor, steps: int, guidance: float, generator: torch.Generator, progress=None) -> Tensor:
+    """DDIM (η = 0) samples of the conditioned prior for each pose: images [N, H, W, 3] in [0, 1].
+
+    All views are denoised together: one UNet call of batch 2N per step (N when guidance is 1).
+    The initial noise is drawn on the CPU from `generator`, so a seed gives the same views on
+    any device.
+    """
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(prior.scheduler_config)
+    scheduler.set_timesteps(steps)
+    n = poses.shape[0]
+    h, w = prior.concat_latent.shape[-2:]
+    latents = torch.randn((n, prior.n_channels, h, w), generator=generator) * scheduler.init_noise_sigma
+    latents = latents.to(prior.device)
+    for t in scheduler.timesteps:
+        eps = prior.predict_noise(latents, t.reshape(1).expand(n), poses, guidance)
+        latents = scheduler.step(eps, t, latents, eta=0.0).prev_sample
+        if progress is not None:
+            progress()
+    return prior.decode(latents)
+
+
+def grid(images: list[Tensor]) -> Tensor:
+    """Images [H, W, 3] side by side with a thin grey gap: [H, n·W + (n−1)·gap, 3]."""
+    height = images[0].shape[0]
+    gap = torch.full((height, max(2, height // 64), 3), 0.5)
+    row: list[Tensor] = []
+    for i, image in enumerate(images):
+        row += ([gap] if i else []) + [image]
+    return torch.cat(row, dim=1)
+
+
+def _device(name: Optional[str]) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: expected cpu, cuda, cuda:1 ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r} but CUDA is not available here; use --device cpu")
+    return device
+
+
+class _Bar:
+    """A rich progress bar on a terminal, silent otherwise."""
+
+    def __init__(self, total: int, label: str):
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(label, total=total)
+            self.bar.start()
+
+    def __call__(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delta: float, input_elevation: float,
+                  model: Optional[str], steps: int, guidance: float, seed: int, out: Path,
+                  device: Optional[str]) -> list[Path]:
+    """Sample the views, write one PNG per view plus grid.png (input + views); return the paths."""
+    from sjc3d.image import load_input_view, resize_images, save_png
+    from sjc3d.priors.zero123 import load_zero123
+
+    azimuths = parse_azimuths(azimuth)
+    if steps < 1:
+        raise ConfigError(f"--steps {steps}: must be at least 1")
+    if not math.isfinite(guidance):
+        raise ConfigError(f"--guidance {guidance}: must be a finite number")
+    radius = CameraConfig().radius
+    if radius + radius_delta <= 0:
+        raise ConfigError(f"--radius-delta {radius_delta}: the camera would be at radius {radius + radius_delta:g} <= 0")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    torch_device = _device(device)
+
+    view = load_input_view(image, InputConfig(elevation=input_elevation))
+    prior = load_zero123(model or DEFAULT_MODEL, device=torch_device)
+    prior.condition(view.rgb, input_elevation, radius)
+    poses = target_poses(azimuths, input_elevation, elevation_delta, radius, radius_delta)
+
+    bar = _Bar(steps, f"views ({len(azimuths)}×{steps} DDIM steps)")
+    try:
+        images = sample_views(prior, poses, steps, guidance, torch.Generator().manual_seed(seed), progress=bar).cpu()
+    finally:
+        bar.close()
+
+    written = []
+    for az, rgb in zip(azimuths, images):
+        path = out / f"{view_name(az, elevation_delta, radius_delta)}.png"
+        save_png(path, rgb)
+        written.append(path)
+    size = images.shape[1]
+    input_rgb = resize_images(view.rgb[None], size)[0]
+    save_png(out / "grid.png", grid([input_rgb, *images]))
+    written.append(out / "grid.png")
+    print(f"wrote {len(azimuths)} views and grid.png to {out}")
+    return written

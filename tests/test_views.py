@@ -1,0 +1,108 @@
+"""`sjc3d views`: poses, file names, and an end-to-end run on a tiny model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sjc3d.errors import ConfigError
+from sjc3d.views import grid, parse_azimuths, target_poses, view_name
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def object_png(tmp_path_factory) -> Path:
+    """A small RGBA image: an orange square on a transparent background."""
+    path = tmp_path_factory.mktemp("views") / "object.png"
+    rgba = np.zeros((80, 80, 4), dtype=np.uint8)
+    rgba[20:60, 25:55] = (230, 120, 30, 255)
+    Image.fromarray(rgba).save(path)
+    return path
+
+
+def test_parse_azimuths():
+    assert parse_azimuths("30,90,180") == [30.0, 90.0, 180.0]
+    assert parse_azimuths(" -45, 12.5 ") == [-45.0, 12.5]
+    for bad in ("", "30,north", "nan"):
+        with pytest.raises(ConfigError, match="--azimuth"):
+            parse_azimuths(bad)
+
+
+def test_view_names():
+    assert view_name(30, 0, 0) == "az030_el+00_r+0.00"
+    assert view_name(180, -10, 0.25) == "az180_el-10_r+0.25"
+    assert view_name(-45, 7.5, 0) == "az-45_el+7.5_r+0.00"
+
+
+def test_target_poses_follow_the_camera_convention():
+    poses = target_poses([0.0, 90.0, 180.0], input_elevation=10.0, elevation_delta=0.0, radius=2.0, radius_delta=0.0)
+    torch.testing.assert_close(poses[0], torch.tensor([0.0, 0.0, 1.0, 0.0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(poses[1], torch.tensor([0.0, 1.0, 0.0, 0.0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(poses[2], torch.tensor([0.0, 0.0, -1.0, 0.0]), atol=1e-5, rtol=0)
+    up = target_poses([0.0], input_elevation=0.0, elevation_delta=20.0, radius=2.0, radius_delta=0.3)[0]
+    assert up[0].item() == pytest.approx(-math.radians(20.0), abs=1e-5)  # moving up = smaller polar angle
+    assert up[3].item() == pytest.approx(0.3, abs=1e-5)
+
+
+def test_grid_places_images_side_by_side():
+    a, b = torch.zeros(8, 8, 3), torch.ones(8, 8, 3)
+    g = grid([a, b])
+    assert g.shape[0] == 8 and g.shape[1] > 16
+    assert torch.equal(g[:, :8], a) and torch.equal(g[:, -8:], b)
+
+
+def _run(object_png, tiny_zero123, out, seed, azimuth="30,90,180", steps=3):
+    from sjc3d.views import views_command
+
+    return views_command(image=object_png, azimuth=azimuth, elevation_delta=0.0, radius_delta=0.0, input_elevation=0.0,
+                         model=str(tiny_zero123["ccp"]), steps=steps, guidance=3.0, seed=seed, out=out, device="cpu")
+
+
+def test_views_end_to_end_is_deterministic(object_png, tiny_zero123, tmp_path):
+    first = _run(object_png, tiny_zero123, tmp_path / "a", seed=7)
+    names = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert names == sorted(["az030_el+00_r+0.00.png", "az090_el+00_r+0.00.png", "az180_el+00_r+0.00.png", "grid.png"])
+    assert len(first) == 4
+    view = np.asarray(Image.open(tmp_path / "a" / "az030_el+00_r+0.00.png"))
+    assert view.shape == (64, 64, 3)
+    grid_image = np.asarray(Image.open(tmp_path / "a" / "grid.png"))
+    assert grid_image.shape[0] == 64 and grid_image.shape[1] >= 4 * 64
+    _run(object_png, tiny_zero123, tmp_path / "b", seed=7)
+    _run(object_png, tiny_zero123, tmp_path / "c", seed=8)
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    view_c = np.asarray(Image.open(tmp_path / "c" / "az030_el+00_r+0.00.png"))
+    assert not np.array_equal(view, view_c)
+
+
+def test_views_cli_runs_on_a_tiny_model(object_png, tiny_zero123, tmp_path):
+    from typer.testing import CliRunner
+
+    from sjc3d.cli import app
+
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["views", str(object_png), "--model", str(tiny_zero123["ccp"]), "--azimuth", "45",
+                                      "--elevation-delta", "10", "--steps", "2", "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (out / "az045_el+10_r+0.00.png").is_file() and (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("args, match", [
+    (dict(azimuth="left"), "--azimuth"),
+    (dict(steps=0), "--steps"),
+    (dict(radius_delta=-5.0), "--radius-delta"),
+])
+def test_views_rejects_bad_options(object_png, tiny_zero123, tmp_path, args, match):
+    from sjc3d.views import views_command
+
+    options = dict(image=object_png, azimuth="30", elevation_delta=0.0, radius_delta=0.0, input_elevation=0.0,
+                   model=str(tiny_zero123["ccp"]), steps=2, guidance=3.0, seed=0, out=tmp_path / "x", device="cpu")
+    options.update(args)
+    with pytest.raises(ConfigError, match=match):
+        views_command(**options)
