@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sjc3d.priors.loading import DEFAULT_SCHEDULER  # noqa: E402
+from sjc3d.priors.loading import DEFAULT_SCHEDULER, _quiet  # noqa: E402
 from sjc3d.priors.zero123 import Zero123Prior  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "zero123"
@@ -62,7 +62,8 @@ def build_prior(device: torch.device, dtype: torch.dtype) -> Zero123Prior:
                             patch_size=14, image_size=224, projection_dim=768, hidden_act="quick_gelu")
     parts = [UNet2DConditionModel(**UNET), AutoencoderKL(**vae_config()), CLIPVisionModelWithProjection(clip),
              torch.nn.Linear(772, 768)]
-    parts = [p.to(device=device, dtype=dtype).eval().requires_grad_(False) for p in parts]
+    with _quiet():  # diffusers warns about any .to(dtype) cast
+        parts = [p.to(device=device, dtype=dtype).eval().requires_grad_(False) for p in parts]
     return Zero123Prior(*parts, scheduler_config=DEFAULT_SCHEDULER)
 
 

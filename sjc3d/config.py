@@ -82,6 +82,7 @@ class RenderConfig:
     estimator: Literal["auto", "dense", "occgrid"] = "auto"  # auto = occgrid when CUDA works
     n_samples: int = 96  # samples per ray on the dense path
     render_step_size: float = 0.0  # occgrid march step; 0 = box diagonal / 512
+    skip_empty: bool = True  # dense path: skip samples in cells a pure-torch occupancy grid marks empty
     occ_resolution: int = 64
     occ_threshold: float = 0.01
     occ_update_every: int = 16

@@ -139,7 +139,7 @@ def test_cpu_render_never_loads_nerfacc_cuda():
 
 def test_state_dict_from_an_occgrid_run_loads_on_the_dense_path():
     renderer = build_renderer(ConstantField(1.0), RenderConfig(estimator="dense"))
-    assert renderer.state_dict() == {}  # the field's parameters are not the renderer's
+    assert set(renderer.state_dict()) == {"occupied"}  # the field's parameters are not the renderer's
     renderer.load_state_dict({"estimator.occs": torch.zeros(8), "estimator.binaries": torch.zeros(1, 2, 2, 2)})
 
 
@@ -161,3 +161,25 @@ def test_occgrid_matches_dense_on_a_smooth_field():
     assert (a.opacity - b.opacity).abs().mean() < 0.02
     assert (a.features - b.features).abs().mean() < 0.02
     assert (a.depth - b.depth).abs().mean() < 0.05
+
+
+def test_skipping_empty_cells_matches_the_full_render_with_fewer_queries():
+    torch.manual_seed(0)
+    field = build_field(FieldConfig(output="rgb", n_levels=4, log2_hashmap_size=10, base_resolution=4, hidden_dim=16))
+    queried = []
+    original = field.forward
+    field.forward = lambda points: queried.append(points.shape[0]) or original(points)
+    c2w = spherical_to_c2w(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([2.0]))
+    full = build_renderer(field, RenderConfig(estimator="dense", n_samples=32, skip_empty=False)).eval()
+    skipping = build_renderer(field, RenderConfig(estimator="dense", n_samples=32, occ_resolution=32)).eval()
+    assert 0.01 < skipping.occupied.float().mean() < 0.5  # the blob, not the whole box
+    with torch.no_grad():
+        queried.clear()
+        a = full.render_views(c2w, 49.1, 16, torch.ones(3))
+        n_full = sum(queried)
+        queried.clear()
+        b = skipping.render_views(c2w, 49.1, 16, torch.ones(3))
+        n_skipping = sum(queried)
+    assert n_skipping < 0.6 * n_full
+    assert (a.opacity - b.opacity).abs().max() < 0.02
+    assert (a.features - b.features).abs().max() < 0.02

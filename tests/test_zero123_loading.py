@@ -236,3 +236,18 @@ def test_hub_ids_download_configs_and_only_the_weights_needed(tiny_zero123, refe
     # never a catch-all pattern that would pull multi-GB .ckpt files along
     assert all(p == "model_index.json" or "/" in p for p in first + second)
     assert not any(".ckpt" in p for p in first + second)
+
+
+def test_hub_id_found_in_the_offline_cache(tiny_zero123, reference_models):
+    """With HF_HUB_OFFLINE=1 a repo already in the standard cache (HF_HOME/hub) loads."""
+    import huggingface_hub.constants as constants
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--sjc3d-test--zero123-tiny-cached"
+    commit = "0" * 40
+    if not repo.exists():
+        shutil.copytree(tiny_zero123["ccp"], repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
+    parts = loading.load_parts("sjc3d-test/zero123-tiny-cached")
+    assert _same(parts.unet, reference_models["unet"])
+    assert _same(load_vae("sjc3d-test/zero123-tiny-cached"), reference_models["vae"])

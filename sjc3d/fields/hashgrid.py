@@ -25,14 +25,16 @@ and writes into the table dominate):
   XOR-ed (the XOR never touches those bits).  Dense levels follow.
 * All levels at once.  Corner indices and weights are built corner-major ([L, 8, N], points
   innermost, so every broadcast runs over long contiguous rows) from per-axis terms of the two
-  corners of each axis ([L, 2, N], cheap), then transposed once to point-major [L, N, 8] for
-  the gather.  Level-major order keeps each sweep within one level's slice of the table.
+  corners of each axis ([L, 3, 2, N], cheap).  Inputs beyond 65,536 points are encoded in
+  chunks, so that the big temporaries stay small enough for the allocator to recycle.
 * Indices are int32 whenever the table has fewer than 2³¹ rows (half the memory traffic).
-* Gather + weight + sum over the 8 corners is `embedding_bag(mode="sum")` per feature plane.
-  Its own backward is slow on CPU, so a small autograd Function supplies the backward: a
-  serial 1-D `index_add_` per plane, the planes in two threads; and, only when the positions
-  need a gradient (normals), a gather for the corner weights.  The trilinear weights are
-  ordinary autograd ops, so the position gradient comes out of autograd.
+* Gather, weight and sum over the 8 corners, and the backward scatter, live in a small
+  autograd Function (autograd's own backward of a gather is a 2-D scatter: ~10x slower on
+  CPU).  The table gradient is a serial 1-D `index_add_` per plane, the planes in two threads;
+  only when the positions need a gradient (normals) does the backward gather the corner
+  values for the weights.  The trilinear weights are ordinary autograd ops, so the position
+  gradient comes out of autograd.  Measured alternatives that lost: `embedding_bag` (needs a
+  point-major transpose of indices and weights), complex-view and 2-D `index_add_`.
 """
 
 from __future__ import annotations
@@ -103,32 +105,46 @@ class _InterpolatePlanes(torch.autograd.Function):
     """out[f, l, n] = Σ_c w[l, c, n] · planes[f, idx[l, c, n]]  — gather-and-blend, fast CPU backward.
 
     planes [F, n_rows], idx [L, 8, N] int, w [L, 8, N]  →  out [F, L, N].
+
+    The gathers and scatters go one level at a time: the temporaries are then 1/L of the size
+    (small blocks are recycled by the allocator instead of being mapped and page-faulted afresh
+    on every call), and each op stays inside one level's slice of the table.
     """
 
     @staticmethod
     def forward(ctx, planes: Tensor, idx: Tensor, w: Tensor) -> Tensor:
         ctx.save_for_backward(planes, idx, w)
-        flat_idx = idx.reshape(-1)
-        return torch.stack([(planes[f].index_select(0, flat_idx).view_as(w) * w).sum(1) for f in range(planes.shape[0])])
+        n_features, n_levels = planes.shape[0], idx.shape[0]
+        out = w.new_empty(n_features, n_levels, w.shape[2])
+        for f in range(n_features):
+            for level in range(n_levels):
+                corner_values = planes[f].index_select(0, idx[level].reshape(-1)).view_as(w[level])  # [8, N]
+                torch.sum(corner_values.mul_(w[level]), dim=0, out=out[f, level])
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         planes, idx, w = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # it arrives permuted: strided reads would be ~10x slower
+        n_features, n_levels = planes.shape[0], idx.shape[0]
         grad_planes = grad_w = None
-        flat_idx = idx.reshape(-1)
         if ctx.needs_input_grad[0]:
             grad_planes = torch.zeros_like(planes)
 
             def scatter(f: int) -> None:  # grad[f, idx[l, c, n]] += w[l, c, n] · grad_out[f, l, n]
                 with torch.no_grad():  # grad mode is per thread
-                    grad_planes[f].index_add_(0, flat_idx, (w * grad_out[f, :, None, :]).reshape(-1))
+                    for level in range(n_levels):
+                        src = w[level] * grad_out[f, level]  # [8, N]
+                        grad_planes[f].index_add_(0, idx[level].reshape(-1), src.reshape(-1))
 
-            _map_features(scatter, planes.shape[0])
+            _map_features(scatter, n_features)
         if ctx.needs_input_grad[2]:
             grad_w = torch.zeros_like(w)
-            for f in range(planes.shape[0]):
-                grad_w += planes[f].index_select(0, flat_idx).view_as(w) * grad_out[f, :, None, :]
+            for f in range(n_features):
+                for level in range(n_levels):
+                    corner_values = planes[f].index_select(0, idx[level].reshape(-1)).view_as(w[level])
+                    grad_w[level] += corner_values * grad_out[f, level]
         return grad_planes, None, grad_w
 
 
@@ -185,6 +201,7 @@ class HashGridEncoding(nn.Module):
             "max_vertex", torch.tensor([s.resolution - 1 for s in specs], dtype=torch.int64), persistent=False
         )
         self.hash_mask = table_size - 1
+        self.chunk = 65536  # points per pass (see forward)
 
     def extra_repr(self) -> str:
         return (
@@ -233,8 +250,14 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [N, 3] in [0, 1]³ → [N, n_levels · n_features_per_level] (level-major features)."""
-        n = x.shape[0]
         x = x.clamp(0.0, 1.0).to(self.planes.dtype)
+        if x.shape[0] <= self.chunk:
+            return self._encode(x)
+        # Chunks keep every [L, 8, N] temporary small enough for the allocator to recycle it.
+        return torch.cat([self._encode(part) for part in x.split(self.chunk)])
+
+    def _encode(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
         pos = x.t()[None] * self.scales.to(x.dtype)[:, None, None] + 0.5  # [L, 3, N]
         cell = pos.detach().floor()
         idx = self.corner_indices(cell.long())  # [L, 8, N]

@@ -104,10 +104,6 @@ class Zero123Prior:
 
     n_channels = 4
 
-    @property
-    def encode_size(self) -> int:
-        return self.image_size
-
     def __init__(self, unet, vae, image_encoder, projection, scheduler_config: dict, stable: bool = False) -> None:
         self.unet, self.vae, self.image_encoder, self.projection = unet, vae, image_encoder, projection
         self.scheduler_config = dict(scheduler_config)
@@ -126,6 +122,11 @@ class Zero123Prior:
         self.input_polar = math.pi / 2  # radians; Stable Zero123's 4th pose entry
         self.input_radius = 0.0
 
+    @property
+    def encode_size(self) -> int:
+        """Side the trainer resizes RGB renders to before `encode` (the training view size)."""
+        return self.image_size
+
     @classmethod
     def from_parts(cls, parts: Zero123Parts) -> "Zero123Prior":
         return cls(parts.unet, parts.vae, parts.image_encoder, parts.projection, parts.scheduler_config, parts.stable)
@@ -138,6 +139,7 @@ class Zero123Prior:
         if x.shape[-2:] != (self.image_size, self.image_size):
             # The concat latent must match the latent renders; Zero-1-to-3 saw 256² views.
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(-1.0, 1.0)  # bicubic overshoots at edges
         return x
 
     @torch.no_grad()

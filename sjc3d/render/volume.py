@@ -11,6 +11,10 @@ Two ways to place samples, one way to composite them (nerfacc's quadrature, Max 
   [n_rays, n_samples] batch, and only nerfacc's batched functions are used on it — they are
   plain PyTorch (cumsum), while nerfacc's packed/flattened ops and its estimators need the
   CUDA extension, which must never be triggered on CPU tensors.
+  With `skip_empty`, a coarse occupancy grid (pure PyTorch, `occ_resolution`³ cells,
+  refreshed by `update`) marks the cells where the field has density; samples in other cells
+  are not sent to the field (they keep σ = 0).  The grid is dilated by one cell so a surface
+  can still grow into its neighbourhood.  On a CPU this cuts the field queries several-fold.
 * Occupancy grid (CUDA, when nerfacc's extension loads): `nerfacc.OccGridEstimator` marches
   rays with a fixed step through cells that are marked occupied, skipping empty space and
   samples with α below `alpha_threshold`; `update(step)` refreshes the grid every
@@ -113,12 +117,19 @@ class VolumeRenderer(nn.Module):
         diagonal = 2.0 * math.sqrt(3.0) * self.bound
         self.step_size = cfg.render_step_size if cfg.render_step_size > 0 else diagonal / 512
         self.estimator = None
+        # Dense-path occupancy: all cells occupied until the first refresh.
+        r = cfg.occ_resolution
+        self.register_buffer("occupied", torch.ones(r, r, r, dtype=torch.bool), persistent=True)
+        self.skip_empty = cfg.skip_empty and not use_occgrid
         if use_occgrid:
             b = self.bound
             self.estimator = nerfacc.OccGridEstimator(roi_aabb=[-b, -b, -b, b, b, b], resolution=cfg.occ_resolution)
             self.estimator.to(next(field.parameters()).device)
             # First grid from the initial field (the blob), so the first renders see it.
             self.estimator._update(step=0, occ_eval_fn=self._occupancy, occ_thre=cfg.occ_threshold)
+        elif self.skip_empty:
+            self.to(next(field.parameters()).device)
+            self.refresh_occupancy()
 
     @property
     def uses_occgrid(self) -> bool:
@@ -162,8 +173,10 @@ class VolumeRenderer(nn.Module):
         return out.reshape(*batch)
 
     def update(self, step: int) -> None:
-        """Refresh the occupancy grid every cfg.occ_update_every steps (no-op on the dense path)."""
+        """Refresh the occupancy grid every cfg.occ_update_every steps."""
         if self.estimator is None:
+            if self.skip_empty and step % self.cfg.occ_update_every == 0:
+                self.refresh_occupancy(seed=step)
             return
         self.estimator.train()
         self.estimator.update_every_n_steps(
@@ -171,6 +184,39 @@ class VolumeRenderer(nn.Module):
         )
 
     # ----------------------------------------------------------------- paths
+
+    @torch.no_grad()
+    def refresh_occupancy(self, seed: int = 0) -> None:
+        """Mark cells whose density (at a random point of each cell, drawn from `seed`) gives a
+        dense sample α above `occ_threshold`, then dilate by one cell."""
+        r, b = self.occupied.shape[0], self.bound
+        device = self.occupied.device
+        index = torch.stack(torch.meshgrid(*[torch.arange(r, device=device)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        jitter = torch.rand(index.shape, generator=torch.Generator().manual_seed(seed)).to(device)
+        points = ((index + jitter) / r * 2.0 - 1.0) * b
+        interval = 2.0 * math.sqrt(3.0) * b / self.cfg.n_samples  # the longest dense interval
+        density = torch.cat([self.field.density(chunk) for chunk in points.split(self.cfg.chunk)])
+        occupied = (density * interval > self.cfg.occ_threshold).float().view(1, 1, r, r, r)
+        self.occupied.copy_(torch.nn.functional.max_pool3d(occupied, 3, stride=1, padding=1)[0, 0] > 0)
+
+    def _occupied_samples(self, points: Tensor) -> Tensor:
+        """[..., 3] points → [...] bool: inside a cell marked occupied."""
+        r = self.occupied.shape[0]
+        cell = ((points / self.bound + 1.0) * 0.5 * r).long().clamp(0, r - 1)
+        return self.occupied[cell[..., 0], cell[..., 1], cell[..., 2]]
+
+    def _query(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Density [..] and features [.., C] at points [.., 3], skipping empty cells if enabled."""
+        flat = points.reshape(-1, 3)
+        if not self.skip_empty:
+            out = self.field(flat)
+            return out.density.view(points.shape[:-1]), out.features.view(*points.shape[:-1], self.n_channels)
+        keep = self._occupied_samples(flat).nonzero().squeeze(-1)
+        out = self.field(flat[keep])
+        density = torch.zeros(flat.shape[0], dtype=out.density.dtype, device=flat.device).index_put((keep,), out.density)
+        features = torch.zeros(flat.shape[0], self.n_channels, dtype=out.features.dtype, device=flat.device)
+        features = features.index_put((keep,), out.features)
+        return density.view(points.shape[:-1]), features.view(*points.shape[:-1], self.n_channels)
 
     def _render_dense(
         self, rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, background: Tensor
@@ -182,9 +228,7 @@ class VolumeRenderer(nn.Module):
         o, d = rays_o[hit_idx], rays_d[hit_idx]
         t_starts, t_ends, t_samples = stratified_intervals(t_near[hit_idx], t_far[hit_idx], self.cfg.n_samples, self.training)
         points = o[:, None, :] + d[:, None, :] * t_samples[..., None]  # [n_hit, S, 3]
-        out = self.field(points.reshape(-1, 3))
-        sigmas = out.density.view(t_samples.shape)
-        features = out.features.view(*t_samples.shape, c)
+        sigmas, features = self._query(points)
         weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)
         bg_hit = background[hit_idx] if background.dim() > 1 else background
         part = composite(weights, features, t_samples, bg_hit)
