@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
     parser.add_argument("--preset", default="oracle-cpu")
     parser.add_argument("--out", type=Path, default=None, help="keep runs and meshes here")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     meshes = [Path(item) for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item] + ([f"train.steps={args.steps}"] if args.steps else [])
     torch.set_num_threads(2)

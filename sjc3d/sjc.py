@@ -23,10 +23,20 @@ import torch
 from torch import Tensor
 
 
-def scaled_linear_alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, n_steps: int = 1000) -> Tensor:
-    """ᾱ_t [n_steps] of Stable Diffusion's schedule: β linear in √β from beta_start to beta_end."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, n_steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0).float()
+def ddpm_alphas_cumprod(
+    beta_start: float = 0.00085, beta_end: float = 0.012, n_steps: int = 1000, schedule: str = "scaled_linear"
+) -> Tensor:
+    """ᾱ_t [n_steps] in float64 (as the original's numpy, so σ_t matches to the last digit).
+
+    Stable Diffusion / Zero-1-to-3 use "scaled_linear": β linear in √β from beta_start to beta_end.
+    """
+    if schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, n_steps, dtype=torch.float64) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"unsupported beta_schedule {schedule!r}")
+    return torch.cumprod(1.0 - betas, dim=0)
 
 
 def ve_sigmas(alphas_cumprod: Tensor) -> Tensor:
@@ -34,10 +44,13 @@ def ve_sigmas(alphas_cumprod: Tensor) -> Tensor:
     return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
 
 
-def sigma_to_timestep(sigma: Tensor, sigmas: Tensor) -> Tensor:
-    """Index of the nearest tabulated noise level, compared in log σ ([B] long)."""
-    distance = (sigma.float().log()[:, None] - sigmas.to(sigma.device).float().log()[None, :]).abs()
-    return distance.argmin(dim=1)
+def nearest_timestep(sigma: Tensor, sigmas: Tensor) -> Tensor:
+    """t(σ): index [B] (long) of the tabulated level closest to each σ [B].
+
+    In float64: far above σ_max, float32 differences would all round to the same value.
+    """
+    sigma = sigma.reshape(-1, 1).to(sigmas.device, torch.float64)
+    return (sigma - sigmas.reshape(1, -1).double()).abs().argmin(dim=1)
 
 
 @dataclass
@@ -57,11 +70,11 @@ class NoiseDraw:
 def draw_noise(y: Tensor, sigmas: Tensor, t_min: int, t_max: int, generator: torch.Generator | None = None) -> NoiseDraw:
     """Pick t uniformly in [t_min, t_max] per sample (as the reference run) and perturb y."""
     n = y.shape[0]
-    t = torch.randint(t_min, t_max + 1, (n,), generator=generator)
-    sigma = sigmas[t].to(y.device, y.dtype)
+    t = torch.randint(t_min, t_max + 1, (n,), generator=generator).to(y.device)
+    sigma = sigmas.to(y.device, y.dtype)[t]
     noise = torch.randn(y.shape, generator=generator).to(y.device, y.dtype)
     z = y.detach() + sigma.view(-1, *[1] * (y.dim() - 1)) * noise
-    return NoiseDraw(t.to(y.device), sigma, noise, z)
+    return NoiseDraw(t, sigma, noise, z)
 
 
 def sjc_gradient(y: Tensor, draw: NoiseDraw, denoised: Tensor, variance_reduction: bool = True) -> Tensor:

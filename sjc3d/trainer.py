@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -59,7 +59,7 @@ class Stage:
     background: Tensor  # [C]
     reference: Tensor  # [1, r, r, C] target of the render at the input camera
     reference_mask: Tensor  # [1, r, r, 1]
-    generator: torch.Generator = field(default_factory=torch.Generator)
+    generator: torch.Generator  # draws cameras and noise; saved in checkpoints for exact resume
 
 
 # --------------------------------------------------------------------------- set-up
@@ -74,13 +74,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def input_view_for(config: Config, image: Optional[Path], prior) -> InputView:
-    """The conditioning view: the user's image, or the oracle's own render of the truth."""
-    if image is not None:
-        return load_input_view(image, config.input)
-    if is_oracle(config.prior.source):
-        return prior.input_view(config.input.size)
-    raise InputError("an input image is required (only --prior oracle:MESH renders its own input view)")
+def oracle_input_view(config: Config, prior) -> InputView:
+    """Without an image, the oracle renders its own input view of the truth."""
+    if not is_oracle(config.prior.source):
+        raise InputError("an input image is required (only --prior oracle:MESH renders its own input view)")
+    return prior.input_view(config.input.size)
 
 
 def to_model_space(prior, features: Tensor, output: str) -> Tensor:
@@ -137,20 +135,22 @@ def build_optimizer(config: Config, field: torch.nn.Module) -> torch.optim.Optim
     return kind(field.parameters(), lr=config.train.lr)
 
 
-def build_stage(config: Config, image: Optional[Path], saved_view: Optional[InputView] = None) -> Stage:
+def build_stage(config: Config, image: Optional[Path], view: Optional[InputView] = None) -> Stage:
+    """Build prior, field, renderer and optimiser; `view` (a resumed run's input) skips the image."""
     from sjc3d.fields import build_field
     from sjc3d.priors import build_prior
     from sjc3d.render import build_renderer
 
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
-    if saved_view is None and image is not None:
-        saved_view = load_input_view(image, config.input)  # check the image before loading a model
+    if view is None and image is not None:
+        view = load_input_view(image, config.input)  # check the image before loading a model
     prior = build_prior(config, device)
     if config.field.output == "latent" and prior.n_channels != 4:
         raise ConfigError("field.output=latent needs a latent prior (the oracle in rgb space has none)")
     check_latent_resolution(config, prior)
-    view = saved_view if saved_view is not None else input_view_for(config, image, prior)
+    if view is None:
+        view = oracle_input_view(config, prior)
     prior.condition(view.rgb.to(device), config.input.elevation, config.camera.radius)
     field = build_field(config.field, device=device)
     renderer = build_renderer(field, config.render, device=device)
@@ -366,7 +366,7 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
     if resume:
         state = load_checkpoint(paths.last_checkpoint)
         view = InputView(state["input_rgb"], state["input_mask"])
-        stage = build_stage(config, None, saved_view=view)
+        stage = build_stage(config, None, view=view)
         restore(stage, state)
     else:
         stage = build_stage(config, Path(image) if image else None)

@@ -165,3 +165,15 @@ def test_existing_run_is_not_overwritten(tmp_path):
     result = cli("fit", "-c", "cpu-tiny", "--out", str(run), "train.steps=2")
     assert result.returncode == 2 and "--resume" in result.stderr
     assert RunPaths(run).final_checkpoint.stat().st_mtime_ns == before
+
+
+def test_fit_with_the_oracle_in_latent_space(tmp_path, tiny_zero123):
+    """The oracle encodes its true views with the VAE of a given model (here the tiny one)."""
+    config = load_config(["cpu-tiny"], [
+        "field.output=latent", f"prior.vae_source={tiny_zero123['ccp']}", "camera.resolution=8",
+        "train.steps=2", *FAST,
+    ])
+    result = fit(config, None, tmp_path / "latent-oracle", progress=False)
+    state = load_checkpoint(RunPaths(tmp_path / "latent-oracle").final_checkpoint)
+    assert result.step == 2 and state["background"].shape == (4,)
+    assert np.isfinite(result.metrics["loss"])

@@ -59,8 +59,8 @@ def test_descent_with_the_chained_score_converges_to_the_mode():
     torch.manual_seed(0)
     theta = torch.zeros(64, requires_grad=True)
     optimizer = torch.optim.SGD([theta], lr=0.05)
-    alphas = sjc.scaled_linear_alphas_cumprod()
-    sigmas = sjc.ve_sigmas(alphas)
+    alphas = sjc.ddpm_alphas_cumprod()
+    sigmas = sjc.ve_sigmas(alphas).float()
     for _ in range(400):
         y = theta.view(1, 64)
         draw = sjc.draw_noise(y, sigmas, 300, 900)
@@ -77,22 +77,22 @@ def test_ve_sigmas_of_the_stable_diffusion_schedule():
     from diffusers import DDPMScheduler
 
     reference = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
-    alphas = sjc.scaled_linear_alphas_cumprod()
-    assert torch.allclose(alphas, reference.float(), rtol=1e-5)
-    sigmas = sjc.ve_sigmas(alphas)
+    alphas = sjc.ddpm_alphas_cumprod()
+    assert torch.allclose(alphas, reference.double(), rtol=1e-6)
+    sigmas = sjc.ve_sigmas(alphas).float()
     assert sigmas[0].item() == pytest.approx((0.00085 / (1 - 0.00085)) ** 0.5, rel=1e-4)
     assert torch.all(sigmas[1:] > sigmas[:-1])
     assert 14 < sigmas[-1].item() < 15.5
 
 
 def test_draw_noise_and_timestep_lookup():
-    sigmas = sjc.ve_sigmas(sjc.scaled_linear_alphas_cumprod())
+    sigmas = sjc.ve_sigmas(sjc.ddpm_alphas_cumprod()).float()
     y = torch.zeros(256, 4, 2, 2)
     draw = sjc.draw_noise(y, sigmas, 10, 969, torch.Generator().manual_seed(1))
     assert draw.t.min() >= 10 and draw.t.max() <= 969
     assert torch.equal(draw.sigma, sigmas[draw.t])
     assert torch.allclose(draw.z, draw.sigma.view(-1, 1, 1, 1) * draw.noise)
-    assert torch.equal(sjc.sigma_to_timestep(draw.sigma, sigmas), draw.t)
+    assert torch.equal(sjc.nearest_timestep(draw.sigma, sigmas), draw.t)
 
 
 def test_clip_gradient():

@@ -26,10 +26,11 @@ import trimesh
 from torch import Tensor
 
 from sjc3d.errors import InputError
+from sjc3d.metrics import load_mesh
 from sjc3d.image import InputView
 from sjc3d.priors import vae as vae_io
 from sjc3d.priors.mesh_raster import SphericalCamera, render_mesh
-from sjc3d.sjc import scaled_linear_alphas_cumprod, ve_sigmas
+from sjc3d.sjc import ddpm_alphas_cumprod, ve_sigmas
 
 # OBJ/GLB files are y-up with the front facing +z.  The world is z-up and the input camera sits
 # on +x: the cyclic permutation (x, y, z) → (z, x, y) maps up to +z and the front to +x.
@@ -37,7 +38,8 @@ Y_UP_TO_WORLD = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 LIGHT_DIRECTION = np.array([0.6, 0.3, 0.75])  # fixed in the world, so colour is view-independent
 AMBIENT = 0.35
 DEFAULT_ALBEDO = np.array([0.75, 0.62, 0.45])
-ORACLE_SIZE = 1.0  # longest side of the object's bounding box, in scene units
+ORACLE_SIZE = 1.0
+LATENT_FACTOR = 8  # an SD VAE latent pixel covers 8×8 image pixels  # longest side of the object's bounding box, in scene units
 
 
 def load_world_mesh(path: str | Path, y_up: bool = True) -> trimesh.Trimesh:
@@ -45,15 +47,7 @@ def load_world_mesh(path: str | Path, y_up: bool = True) -> trimesh.Trimesh:
 
     Vertex colours come from the file's texture or colours when it has them.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"oracle mesh {path} does not exist")
-    try:
-        mesh = trimesh.load(path, force="mesh", process=False)
-    except Exception as e:  # trimesh raises assorted errors for bad files
-        raise InputError(f"cannot read mesh {path}: {e}") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise InputError(f"{path} holds no triangle mesh")
+    mesh = load_mesh(path)
     colors = vertex_albedo(mesh)
     mesh = trimesh.Trimesh(mesh.vertices.copy(), mesh.faces.copy(), vertex_colors=colors, process=False)
     if y_up:
@@ -119,8 +113,9 @@ class OraclePrior:
         self.supersample = supersample
         self.device = torch.device(device)
         self.n_channels = 4 if space == "latent" else 3
-        self.encode_size = 256 if space == "latent" else None  # the VAE wants 256² images
-        self.sigmas = ve_sigmas(scaled_linear_alphas_cumprod())
+        # The VAE encodes images of its training size (256² for Zero-1-to-3); RGB space takes any.
+        self.encode_size = int(vae.config.sample_size) if space == "latent" else None
+        self.sigmas = ve_sigmas(ddpm_alphas_cumprod()).float()
         self._vertices = torch.from_numpy(np.asarray(mesh.vertices)).float()
         self._faces = torch.from_numpy(np.asarray(mesh.faces)).long()
         self._colors = shaded_colors(mesh)
@@ -137,7 +132,7 @@ class OraclePrior:
     @torch.no_grad()
     def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float = 1.0) -> Tensor:
         """The true view at each pose, in model space at z's resolution, whatever z and σ are."""
-        size = z.shape[-1] * (8 if self.space == "latent" else 1)
+        size = z.shape[-1] * (LATENT_FACTOR if self.space == "latent" else 1)
         views = [self.render(camera_from_pose(p, self.input_polar, self.input_radius), size).rgb for p in pose.cpu()]
         return self.encode(torch.stack(views).to(self.device)).to(z.dtype)
 

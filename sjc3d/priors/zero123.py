@@ -33,6 +33,7 @@ from torch import Tensor
 
 from sjc3d.config import DEFAULT_MODEL
 from sjc3d.priors.loading import Zero123Parts, load_parts, load_vae  # noqa: F401  (re-exported)
+from sjc3d.sjc import ddpm_alphas_cumprod, nearest_timestep, ve_sigmas  # noqa: F401  (re-exported)
 
 CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -51,32 +52,11 @@ def clip_preprocess(images: Tensor) -> Tensor:
 
 
 def alphas_cumprod_from_config(config: dict) -> Tensor:
-    """ᾱ_t [T] (float64) of a diffusers scheduler config (scaled_linear or linear betas).
-
-    In float64 like the original (numpy) so that σ_t matches it to the last digit.
-    """
-    n = int(config.get("num_train_timesteps", 1000))
-    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
-    schedule = config.get("beta_schedule", "scaled_linear")
-    if schedule == "scaled_linear":
-        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
-    elif schedule == "linear":
-        betas = torch.linspace(start, end, n, dtype=torch.float64)
-    else:
-        raise ValueError(f"unsupported beta_schedule {schedule!r}")
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def ve_sigmas(alphas_cumprod: Tensor) -> Tensor:
-    """σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), increasing in t."""
-    return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
-
-
-def nearest_timestep(sigma: Tensor, sigmas: Tensor) -> Tensor:
-    """Index t [B] (long) of the level in `sigmas` [T] closest to each `sigma` [B]."""
-    # float64: far above σ_max the float32 differences would all round to the same value
-    sigma = sigma.reshape(-1, 1).to(sigmas.device, torch.float64)
-    return (sigma - sigmas.reshape(1, -1).double()).abs().argmin(dim=1)
+    """ᾱ_t [T] (float64) of a diffusers scheduler config (scaled_linear or linear betas)."""
+    return ddpm_alphas_cumprod(
+        float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012)),
+        int(config.get("num_train_timesteps", 1000)), config.get("beta_schedule", "scaled_linear"),
+    )
 
 
 def guide(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
