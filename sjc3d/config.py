@@ -65,7 +65,7 @@ class FieldConfig:
     n_features_per_level: int = 2
     log2_hashmap_size: int = 19
     base_resolution: int = 16
-    per_level_scale: float = 1.447269237440378  # 16 · 1.447^15 ≈ 2048 finest resolution
+    per_level_scale: float = 1.447269237440378  # 16 · 1.447^15 ≈ 4096 finest resolution
     hidden_dim: int = 64
     n_hidden_layers: int = 1
     density_activation: Literal["exp", "softplus"] = "exp"

@@ -29,8 +29,11 @@ from sjc3d import losses, sjc
 from sjc3d.atomic import atomic_write_text
 from sjc3d.cameras import input_c2w, sample_poses, spherical_to_c2w, zero123_pose
 from sjc3d.config import Config, config_to_dict, dump_config, is_oracle, load_config
+from sjc3d.device import resolve_device
 from sjc3d.errors import ConfigError, InputError, NonFiniteError
 from sjc3d.image import InputView, load_input_view, resize_images, save_png
+from sjc3d.priors.base import Prior
+from sjc3d.render.base import RenderOutput
 from sjc3d.rundir import RunPaths, load_checkpoint, load_run_config, save_checkpoint
 
 PREVIEW_ELEVATION = 15.0
@@ -50,7 +53,7 @@ class Stage:
 
     config: Config
     device: torch.device
-    prior: object  # priors.base.Prior
+    prior: Prior
     field: torch.nn.Module
     renderer: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -63,15 +66,6 @@ class Stage:
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
-    return device
 
 
 def oracle_input_view(config: Config, prior) -> InputView:
@@ -166,7 +160,7 @@ def build_stage(config: Config, image: Optional[Path], view: Optional[InputView]
 # --------------------------------------------------------------------------- one step
 
 
-def score_term(stage: Stage) -> tuple[Tensor, dict[str, float], object]:
+def score_term(stage: Stage) -> tuple[Tensor, dict[str, float], RenderOutput]:
     """Render random views, score them with the prior, return the chained surrogate loss."""
     cfg = stage.config
     poses = sample_poses(cfg.sjc.n_views, cfg.camera.elevation_range, cfg.camera.azimuth_range,
@@ -205,7 +199,8 @@ def reference_term(stage: Stage) -> tuple[Tensor, dict[str, float]]:
     return total, stats
 
 
-def regulariser_term(stage: Stage, render, step: int) -> tuple[Tensor, dict[str, float]]:
+def regulariser_term(stage: Stage, render: RenderOutput, step: int) -> tuple[Tensor, dict[str, float]]:
+    """Depth smoothness, emptiness and opacity entropy on the scored views, with their schedules."""
     w, total_steps = stage.config.loss, stage.config.train.steps
     total = torch.zeros((), device=stage.device)
     stats: dict[str, float] = {}

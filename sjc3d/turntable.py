@@ -111,7 +111,7 @@ def render_command(
     """Render a run's turntable video and/or grid PNG; returns the written paths."""
     from rich.console import Console
 
-    from sjc3d.export.command import pick_device
+    from sjc3d.device import resolve_device
     from sjc3d.rundir import load_run, load_run_config, resolve_run_dir
 
     if video is None and grid is None:
@@ -126,7 +126,7 @@ def render_command(
         raise ConfigError(f"--resolution {resolution}: must be in [8, 2048]")
 
     paths = resolve_run_dir(run_dir)
-    device = pick_device(load_run_config(paths).train.device)
+    device = resolve_device(load_run_config(paths).train.device, fallback_to_cpu=True)
     run = load_run(paths.root, device)
     decode = None
     if run.field.n_channels != 3:

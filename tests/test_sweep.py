@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 SWEEPS = REPO / "configs" / "sweeps"
 
 
-@dataclass
-class FakeResult:
-    run_dir: Path
-    step: int
-    metrics: dict
-    wall_time: float
+from sjc3d.trainer import FitResult  # what the fake fits return
 
 
 class FakeFit:
@@ -42,7 +36,7 @@ class FakeFit:
         (Path(run_dir) / "config.seen").write_text(f"{config.train.lr} {config.train.seed} {image}")
         if self.fail_when(config):
             raise RuntimeError("boom: fake trial failure\nsecond line of the message")
-        return FakeResult(Path(run_dir), config.train.steps, {"loss": config.train.lr, "psnr": 20.0}, 0.01)
+        return FitResult(Path(run_dir), config.train.steps, {"loss": config.train.lr, "psnr": 20.0}, 0.01)
 
 
 def make_images(folder: Path, names=("cat.png", "dog.png")) -> list[Path]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -14,14 +14,6 @@ import yaml
 from sjc3d.sweep import load_sweep, read_journal, run_sweep
 
 ray = pytest.importorskip("ray")
-
-
-@dataclass
-class FakeResult:
-    run_dir: Path
-    step: int
-    metrics: dict
-    wall_time: float
 
 
 def fake_fit(config, image, run_dir, resume=False, progress=True):
@@ -32,7 +24,9 @@ def fake_fit(config, image, run_dir, resume=False, progress=True):
     time.sleep(0.2)
     if config.train.seed == 1:
         raise ValueError(f"seed {config.train.seed} is cursed")
-    return FakeResult(run_dir, config.train.steps, {"loss": config.train.lr + config.train.seed}, 0.2)
+    # Any object with run_dir, step, metrics and wall_time will do (no torch in the workers).
+    return SimpleNamespace(run_dir=run_dir, step=config.train.steps, metrics={"loss": config.train.lr + config.train.seed},
+                           wall_time=0.2)
 
 
 def test_ray_executor_runs_trials_as_tasks_and_records_failures(tmp_path: Path):

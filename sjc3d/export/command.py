@@ -12,14 +12,8 @@ import torch
 from sjc3d.cameras import input_c2w
 from sjc3d.errors import ConfigError
 from sjc3d.export.pipeline import ColorViews, ExportResult, export_field, render_colored_mesh
+from sjc3d.device import resolve_device
 from sjc3d.export.writers import check_mesh_suffix, write_mesh
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` is CUDA when available, else the CPU; anything else is taken as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def read_rgb(path: Path) -> Optional[np.ndarray]:
@@ -66,7 +60,7 @@ def export_command(
         raise ConfigError(f"--threshold {threshold}: must be a positive density")
 
     paths = resolve_run_dir(run_dir)
-    device = pick_device(load_run_config(paths).train.device)
+    device = resolve_device(load_run_config(paths).train.device, fallback_to_cpu=True)
     run = load_run(paths.root, device)
     flags = {"resolution": resolution, "threshold": threshold, "max_faces": max_faces, "smooth_iterations": smooth}
     cfg = dataclasses.replace(run.config.export, **{k: v for k, v in flags.items() if v is not None})
