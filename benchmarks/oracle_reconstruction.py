@@ -2,7 +2,8 @@
 
     python benchmarks/oracle_reconstruction.py ../shared/data/meshes/spot.obj ... [--steps N]
 
-Per mesh it prints Chamfer distance and volume IoU (64³) against the truth after normalising
+The input view is the mesh file's +z side (glTF's "front"); spot's head looks toward −z, so its
+input view shows the cow from behind.  Per mesh it prints Chamfer distance and volume IoU (64³) against the truth after normalising
 both to unit size (sjc3d.metrics.evaluate_meshes), the chosen iso level and the wall time of
 fit + export.  Target on a 2-core CPU with the `oracle-cpu` preset: IoU ≥ 0.8 and Chamfer ≤ 0.02
 for spot, blub and fuze in ≤ 5 min each.

@@ -25,7 +25,7 @@ from sjc3d.export import (
 )
 from sjc3d.export.cleanup import cluster_decimate, decimate, has_quadric_decimation, remove_small_components, taubin_smooth
 from sjc3d.export.grid import choose_threshold, close_boundary, sample_density_grid
-from sjc3d.export.raster import rasterize
+from sjc3d.mesh_raster import rasterize
 from sjc3d.export.writers import colored_mesh
 from sjc3d.fields.base import FieldOutput
 from sjc3d.metrics import psnr

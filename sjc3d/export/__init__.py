@@ -2,8 +2,8 @@
 
     grid.py      density on a grid (chunked), the automatic iso level, marching cubes
     cleanup.py   floaters, Taubin smoothing, decimation
-    color.py     vertex colours: queried (RGB fields) or projected from decoded views (latent)
-    raster.py    a small z-buffer rasteriser (visibility, and checking the colours)
+    color.py     vertex colours: queried (RGB fields) or projected from decoded views (latent;
+                 visibility from sjc3d/mesh_raster.py)
     writers.py   file formats and axes (files are y-up, front +z)
     pipeline.py  the library entry point `export_field`
     command.py   `sjc3d export`

@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from sjc3d.cameras import spherical_to_c2w
-from sjc3d.export.raster import project, rasterize
+from sjc3d.mesh_raster import project, rasterize
 
 Decoder = Callable[[Tensor], Tensor]  # latents [B, 4, h, w] → rgb [B, H, W, 3] in [0, 1]
 RenderViews = Callable[..., object]  # renderer.render_views(c2w, fov_deg, resolution, background)

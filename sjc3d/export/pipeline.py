@@ -21,7 +21,7 @@ from sjc3d.export.grid import (
     extract_mesh,
     sample_density_grid,
 )
-from sjc3d.export.raster import render_mesh
+from sjc3d.mesh_raster import render_mesh
 from sjc3d.export.writers import colored_mesh
 
 

@@ -7,9 +7,11 @@ shape — and so validates cameras, rendering, score chaining and export end to 
 model weights (DESIGN.md §6).
 
 The oracle receives the *relative* Zero-1-to-3 pose embedding, as the real prior does, and
-rebuilds the target camera from it and the input camera itself, then rasterises the mesh with
-its own renderer (`mesh_raster`).  A sign error in `zero123_pose` or in the NeRF's cameras
-therefore shows up as a wrong shape instead of cancelling out.
+rebuilds the target camera from it and the input camera itself — with closed-form axes of its
+own (`SphericalCamera`), not `sjc3d.cameras.look_at` — then rasterises the mesh
+(`sjc3d.mesh_raster`, which shares no code with the NeRF renderer).  A sign error in
+`zero123_pose` or in the NeRF's cameras therefore shows up as a wrong shape instead of
+cancelling out.
 
 Model space: in `rgb` mode the image itself ([B, 3, H, W] in [−1, 1]); in `latent` mode the
 scaled latents of a Stable Diffusion VAE (that of `prior.vae_source`).
@@ -18,18 +20,20 @@ scaled latents of a Stable Diffusion VAE (that of `prior.vae_source`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import trimesh
 from torch import Tensor
 
 from sjc3d.errors import InputError
-from sjc3d.metrics import load_mesh
 from sjc3d.image import InputView
+from sjc3d.mesh_raster import rasterize
+from sjc3d.metrics import load_mesh
 from sjc3d.priors import vae as vae_io
-from sjc3d.priors.mesh_raster import SphericalCamera, render_mesh
 from sjc3d.sjc import ddpm_alphas_cumprod, ve_sigmas
 
 # OBJ/GLB files are y-up with the front facing +z.  The world is z-up and the input camera sits
@@ -84,6 +88,51 @@ def shaded_colors(mesh: trimesh.Trimesh) -> Tensor:
     albedo = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
     shade = AMBIENT + (1.0 - AMBIENT) * lambert
     return torch.from_numpy(albedo * shade[:, None]).float()
+
+
+@dataclass
+class SphericalCamera:
+    """A camera looking at the origin, z up (DESIGN.md §3), with closed-form axes.
+
+    centre c = r·(sin θ cos φ, sin θ sin φ, cos θ) for polar θ, azimuth φ; right = ∂c/∂φ
+    normalised = (−sin φ, cos φ, 0); up = −∂c/∂θ normalised = (−cos θ cos φ, −cos θ sin φ, sin θ);
+    the camera looks along −c (OpenGL: its +z axis is c/r).
+    """
+
+    polar: float  # radians from +z
+    azimuth: float  # radians from +x toward +y
+    radius: float
+
+    def c2w(self) -> Tensor:
+        st, ct = math.sin(self.polar), math.cos(self.polar)
+        sp, cp = math.sin(self.azimuth), math.cos(self.azimuth)
+        back = torch.tensor([st * cp, st * sp, ct])
+        m = torch.eye(4)
+        m[:3, 0] = torch.tensor([-sp, cp, 0.0])
+        m[:3, 1] = torch.tensor([-ct * cp, -ct * sp, st])
+        m[:3, 2] = back
+        m[:3, 3] = back * self.radius
+        return m
+
+
+@dataclass
+class TruthView:
+    """rgb [H, W, 3] on white, alpha [H, W] coverage in [0, 1]."""
+
+    rgb: Tensor
+    alpha: Tensor
+
+
+def render_truth(vertices: Tensor, faces: Tensor, colors: Tensor, camera: SphericalCamera, fov_deg: float,
+                 size: int, supersample: int = 4) -> TruthView:
+    """Anti-aliased view of a vertex-coloured mesh: rasterise at `supersample`× and box-filter."""
+    raster = rasterize(vertices, faces, camera.c2w(), fov_deg, size * supersample)
+    hit = raster.mask
+    rgb = torch.ones(*hit.shape, 3)
+    rgb[hit] = (colors[faces[raster.face[hit]]] * raster.bary[hit][..., None]).sum(1)
+    rgba = torch.cat([rgb, hit[..., None].float()], -1).permute(2, 0, 1)[None]
+    low = F.avg_pool2d(rgba, supersample)[0].permute(1, 2, 0)
+    return TruthView(low[..., :3].contiguous(), low[..., 3].contiguous())
 
 
 def camera_from_pose(pose: Tensor, input_polar: float, input_radius: float) -> SphericalCamera:
@@ -148,8 +197,8 @@ class OraclePrior:
 
     # ---------------------------------------------------------------- ground truth views
 
-    def render(self, camera: SphericalCamera, size: int):
-        return render_mesh(self._vertices, self._faces, self._colors, camera, self.fov_deg, size, self.supersample)
+    def render(self, camera: SphericalCamera, size: int) -> TruthView:
+        return render_truth(self._vertices, self._faces, self._colors, camera, self.fov_deg, size, self.supersample)
 
     def input_view(self, size: int = 256) -> InputView:
         """The oracle's own input photo: the true view at the input camera, on white."""

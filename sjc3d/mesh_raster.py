@@ -1,8 +1,11 @@
 """A small z-buffer rasteriser for triangle meshes (pure PyTorch, any device).
 
-It serves two purposes: the visibility test when decoded views are projected onto a mesh's
-vertices, and the check that an exported mesh's colours, seen from the input camera, look like
-the input image (`render_mesh` + `metrics.psnr`).
+It serves three purposes: the oracle prior's ground-truth views (priors/oracle.py), the
+visibility test when decoded views are projected onto a mesh's vertices (export/color.py), and
+the check that an exported mesh's colours, seen from the input camera, look like the input image
+(`render_mesh` + `metrics.psnr`).  It shares no code with the NeRF renderer or with
+`sjc3d.cameras` (the focal length is computed here), so the oracle's truth cannot inherit a bug
+of the path it validates.
 
 Cameras follow sjc3d.cameras: OpenGL axes (the camera looks down −z), square pixels, pixel
 (row i, column j) centred at (j + ½, i + ½), `fov_deg` across the width. Depth is camera-space
@@ -11,12 +14,11 @@ z (distance along the viewing axis, > 0 in front of the camera), not distance al
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from sjc3d.cameras import focal_from_fov
 
 NEAR = 1e-4  # faces with a vertex closer than this to the camera plane are skipped
 _MAX_CANDIDATES = 1 << 22  # (face, pixel) pairs tested at once
@@ -27,7 +29,7 @@ def project(vertices: Tensor, c2w: Tensor, fov_deg: float, resolution: int) -> t
     rotation, centre = c2w[:3, :3], c2w[:3, 3]
     cam = (vertices - centre) @ rotation  # rotationᵀ·(v − c), row-vector form
     depth = -cam[:, 2]
-    f = focal_from_fov(fov_deg, resolution)
+    f = 0.5 * resolution / math.tan(math.radians(fov_deg) / 2)  # fov_deg spans the width
     safe = depth.clamp_min(NEAR)
     col = f * cam[:, 0] / safe + resolution / 2
     row = resolution / 2 - f * cam[:, 1] / safe
