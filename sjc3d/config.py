@@ -38,7 +38,7 @@ class InputConfig:
     object_fraction: float = 200 / 256  # longest side of the object's box / frame side
     elevation: float = 0.0  # elevation of the input camera in degrees (Zero123 cannot see it)
     min_size: int = 16  # refuse images smaller than this (pixels, either side)
-    remove_background: bool = False  # use the optional `rembg` package for RGB images
+    remove_background: Literal["auto", "yes", "no"] = "auto"  # RGB without alpha: auto = rembg if installed
 
 
 @dataclass

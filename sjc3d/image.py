@@ -60,16 +60,17 @@ def read_rgba(path: str | Path, cfg: InputConfig) -> np.ndarray:
 
 
 def remove_background(image: Image.Image, path: Path, cfg: InputConfig) -> Image.Image:
-    """RGB without alpha: use the optional `rembg` package when asked and installed, else refuse."""
-    if not cfg.remove_background:
-        raise InputError(
-            f"{path} has no alpha channel: give an RGBA image with a transparent background "
-            "(or `pip install rembg` and set input.remove_background=true)"
-        )
+    """RGB without alpha: cut the object out with the optional `rembg` package, or refuse.
+
+    `input.remove_background`: auto = use rembg when it is installed; yes = require it; no = refuse.
+    """
+    how = "pip install rembg, or give an RGBA image with a transparent background"
+    if cfg.remove_background == "no":
+        raise InputError(f"{path} has no alpha channel: give an RGBA image with a transparent background")
     try:
         import rembg  # optional dependency
     except ImportError:
-        raise InputError("input.remove_background=true needs the optional package rembg: pip install rembg") from None
+        raise InputError(f"{path} has no alpha channel and no background remover is installed: {how}") from None
     return rembg.remove(image).convert("RGBA")
 
 

@@ -65,3 +65,29 @@ def test_resize_images():
     assert small.shape == (2, 16, 16, 3)
     assert torch.allclose(small[0, 0, 0], x[0, :4, :4].mean(dim=(0, 1)), atol=1e-6)
     assert resize_images(x, 128).shape == (2, 128, 128, 3)
+
+
+def test_rgb_without_alpha_uses_an_installed_background_remover(tmp_path, monkeypatch):
+    """With `rembg` importable, `auto` cuts the object out; `no` refuses; without it, a clear error."""
+    import sys
+    import types
+
+    rgb = np.full((64, 64, 3), 255, dtype=np.uint8)
+    rgb[16:48, 24:40] = (0, 128, 0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rgb).save(path)
+
+    def remove(image):  # a stand-in remover: everything not white is the object
+        array = np.asarray(image.convert("RGB"))
+        alpha = np.where((array < 250).any(-1), 255, 0).astype(np.uint8)
+        return Image.fromarray(np.dstack([array, alpha]))
+
+    monkeypatch.setitem(sys.modules, "rembg", types.SimpleNamespace(remove=remove))
+    view = load_input_view(path, InputConfig())
+    top, left, bottom, right = object_box(view.mask.numpy())
+    assert max(bottom - top, right - left) == pytest.approx(200, abs=2)
+    with pytest.raises(InputError, match="no alpha channel"):
+        load_input_view(path, InputConfig(remove_background="no"))
+    monkeypatch.setitem(sys.modules, "rembg", None)  # import fails
+    with pytest.raises(InputError, match="no background remover is installed: pip install rembg"):
+        load_input_view(path, InputConfig())
