@@ -260,6 +260,8 @@ def checkpoint_state(stage: Stage, step: int, elapsed: float) -> dict:
         "input_rgb": stage.view.rgb.cpu(),
         "input_mask": stage.view.mask.cpu(),
         "elapsed": elapsed,
+        # Stratified jitter on a GPU draws from the CUDA generator: saved too for exact resumes.
+        "cuda_rng": torch.cuda.get_rng_state_all() if stage.device.type == "cuda" else [],
     }
 
 
@@ -269,6 +271,8 @@ def restore(stage: Stage, state: dict) -> None:
     stage.optimizer.load_state_dict(state["optimizer"])
     stage.generator.set_state(state["rng"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and stage.device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:

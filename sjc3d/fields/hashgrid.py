@@ -116,10 +116,14 @@ class _InterpolatePlanes(torch.autograd.Function):
         ctx.save_for_backward(planes, idx, w)
         n_features, n_levels = planes.shape[0], idx.shape[0]
         out = w.new_empty(n_features, n_levels, w.shape[2])
-        for f in range(n_features):
-            for level in range(n_levels):
-                corner_values = planes[f].index_select(0, idx[level].reshape(-1)).view_as(w[level])  # [8, N]
-                torch.sum(corner_values.mul_(w[level]), dim=0, out=out[f, level])
+
+        def gather(f: int) -> None:  # one feature plane per thread, like the backward scatter
+            with torch.no_grad():  # grad mode is per thread
+                for level in range(n_levels):
+                    corner_values = planes[f].index_select(0, idx[level].reshape(-1)).view_as(w[level])  # [8, N]
+                    torch.sum(corner_values.mul_(w[level]), dim=0, out=out[f, level])
+
+        _map_features(gather, n_features)
         return out
 
     @staticmethod
