@@ -28,7 +28,7 @@ def choose_backend(backend: str, device: torch.device | str) -> str:
 
 
 def build_field(cfg: FieldConfig, device: torch.device | str = "cpu") -> RadianceField:
-    """Hash-grid radiance field of `cfg` on `device` (interface: docs/HELPERS.md)."""
+    """Hash-grid radiance field of `cfg` on `device` (interface: docs/INTERFACES.md)."""
     grid = dict(
         n_levels=cfg.n_levels,
         n_features_per_level=cfg.n_features_per_level,

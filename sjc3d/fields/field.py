@@ -54,7 +54,7 @@ def mlp(n_in: int, hidden: int, n_hidden_layers: int) -> nn.Sequential:
 
 
 class RadianceField(nn.Module):
-    """Density and features at points of the box [-bound, bound]³ (interface: HELPERS.md)."""
+    """Density and features at points of the box [-bound, bound]³ (interface: docs/INTERFACES.md)."""
 
     def __init__(self, cfg: FieldConfig, encoding: nn.Module):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Volume rendering: `build_renderer(field, cfg, device)` → VolumeRenderer (docs/HELPERS.md)."""
+"""Volume rendering: `build_renderer(field, cfg, device)` → VolumeRenderer (docs/INTERFACES.md)."""
 
 from __future__ import annotations
 

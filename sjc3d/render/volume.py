@@ -102,7 +102,7 @@ def nerfacc_cuda_available() -> bool:
 
 
 class VolumeRenderer(nn.Module):
-    """Renders a radiance field along rays (interface: docs/HELPERS.md).
+    """Renders a radiance field along rays (interface: docs/INTERFACES.md).
 
     The field is not registered as a submodule: its parameters live in the field's own state
     dict.  The renderer's state is the occupancy grid (occgrid path only).
