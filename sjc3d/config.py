@@ -234,8 +234,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(value), [str(a) for a in args])
         raise ConfigError(f"{key}={value!r}: expected one of {_type_name(tp)}{hint}")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
@@ -281,7 +280,8 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _suggest(name: str, options: list[str]) -> str:
+def did_you_mean(name: str, options: list[str]) -> str:
+    """' (did you mean X?)' for the closest option, or ''."""
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -306,7 +306,7 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
             where = ".".join(parts[:depth])
             options = [f"{where}.{k}" if where else k for k in hints]
             known = _known_keys(Config)
-            raise ConfigError(f"unknown config key {dotted!r}{_suggest(dotted, options + known)}")
+            raise ConfigError(f"unknown config key {dotted!r}{did_you_mean(dotted, options + known)}")
         tp = hints[name]
         if depth == len(parts) - 1:
             if dataclasses.is_dataclass(tp):
@@ -370,7 +370,7 @@ def resolve_preset_path(name: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     available = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
-    hint = _suggest(path.stem, available)
+    hint = did_you_mean(path.stem, available)
     raise ConfigError(f"config file {str(name)!r} not found{hint}; presets: {', '.join(available)}")
 
 

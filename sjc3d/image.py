@@ -112,14 +112,16 @@ def load_input_view(path: str | Path, cfg: InputConfig) -> InputView:
     return InputView(rgb=rgb.clamp(0.0, 1.0).contiguous(), mask=alpha.contiguous())
 
 
-def save_png(path: str | Path, image: torch.Tensor | np.ndarray) -> None:
-    """Write an image [H, W, 3|4] float in [0, 1] as an 8-bit PNG, atomically."""
+def save_png(path: str | Path, image: torch.Tensor | np.ndarray) -> Path:
+    """Write an image [H, W, 3|4] (uint8, or float in [0, 1]) as an 8-bit PNG, atomically."""
     from sjc3d.atomic import atomic_path
 
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+    return Path(path)
 
 
 def resize_images(rgb: torch.Tensor, size: int) -> torch.Tensor:

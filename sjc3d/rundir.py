@@ -2,7 +2,7 @@
 
     <run>/
       config.yaml          resolved configuration of the run
-      input.png            the preprocessed input view (256², white background)
+      input.png            the preprocessed input view (256²): RGB on white, alpha = object mask
       metrics.jsonl        one JSON object per logged step
       checkpoints/last.pt  the latest checkpoint (written atomically)
       checkpoints/final.pt the state at the end of training

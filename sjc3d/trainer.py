@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,6 +34,7 @@ from sjc3d.device import resolve_device
 from sjc3d.errors import ConfigError, InputError, NonFiniteError
 from sjc3d.image import InputView, load_input_view, resize_images, save_png
 from sjc3d.priors.base import Prior
+from sjc3d.progress import ProgressBar
 from sjc3d.render.base import RenderOutput
 from sjc3d.rundir import RunPaths, load_checkpoint, load_run_config, save_checkpoint
 
@@ -290,29 +292,20 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
-@torch.no_grad()
-def turntable_strip(stage: Stage, n_frames: int, resolution: int) -> Tensor:
-    """[H, n·W, 3] views around the object at a fixed elevation (decoded for latent fields)."""
+def write_preview(stage: Stage, paths: RunPaths, name: str) -> Path:
+    """A turntable strip (views side by side, input view first) in previews/<name>.png."""
+    from sjc3d.turntable import render_frames, turntable_poses
+
     cfg = stage.config
-    azimuth = torch.linspace(0.0, 360.0, n_frames + 1)[:-1]
-    c2w = spherical_to_c2w(torch.full_like(azimuth, PREVIEW_ELEVATION), azimuth, torch.full_like(azimuth, cfg.camera.radius))
+    if cfg.field.output == "latent":  # rendered at camera.resolution, decoded 8× larger
+        decode, resolution = stage.prior.decode, 8 * cfg.camera.resolution
+    else:
+        decode, resolution = None, max(64, cfg.camera.resolution)
     stage.field.eval()
     stage.renderer.eval()
-    render = stage.renderer.render_views(c2w.to(stage.device), cfg.camera.fov_deg, resolution, stage.background)
-    images = render.features
-    if cfg.field.output == "latent":
-        images = stage.prior.decode(images.permute(0, 3, 1, 2))
-    images = images.clamp(0, 1)
-    return torch.cat(list(images), dim=1)
-
-
-def write_preview(stage: Stage, paths: RunPaths, name: str) -> Path:
-    cfg = stage.config
-    resolution = cfg.camera.resolution if cfg.field.output == "latent" else max(64, cfg.camera.resolution)
-    strip = turntable_strip(stage, cfg.train.preview_frames, resolution)
-    path = paths.previews / f"{name}.png"
-    save_png(path, strip)
-    return path
+    poses = turntable_poses(cfg.train.preview_frames, PREVIEW_ELEVATION, cfg.camera.radius).to(stage.device)
+    frames = render_frames(stage.renderer.render_views, poses, cfg.camera.fov_deg, resolution, stage.background, decode)
+    return save_png(paths.previews / f"{name}.png", np.concatenate(list(frames), axis=1))
 
 
 class MetricsLog:
@@ -327,32 +320,6 @@ class MetricsLog:
 
     def close(self) -> None:
         self.file.close()
-
-
-class Progress:
-    """A rich progress bar on a terminal; plain log lines otherwise (or nothing when quiet)."""
-
-    def __init__(self, total: int, start: int, enabled: bool, log_every: int):
-        self.enabled, self.log_every, self.total = enabled, log_every, total
-        self.bar = None
-        if enabled and sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-
-            self.bar = Bar(TextColumn("fit"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                           TimeRemainingColumn())
-            self.task = self.bar.add_task("fit", total=total, completed=start, info="")
-            self.bar.start()
-
-    def update(self, step: int, stats: dict[str, float], rate: float) -> None:
-        info = f"loss {stats['loss']:.4g}  {rate:.2f} it/s"
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, info=info)
-        elif self.enabled and (step % self.log_every == 0 or step == self.total):
-            print(f"step {step}/{self.total}  {info}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -378,7 +345,7 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
     truncate_metrics(paths.metrics, start)
     total = config.train.steps
     log = MetricsLog(paths.metrics)
-    bar = Progress(total, start, progress, config.train.log_every)
+    bar = ProgressBar(total, "fit step", start, config.train.log_every, enabled=progress)
     t0 = time.perf_counter()
     completed, stats = start, {}
     try:
@@ -392,7 +359,7 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
             rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
             if step % config.train.log_every == 0 or step == total:
                 log.write({"step": step, **stats, "it_per_s": rate, "time": elapsed_before + time.perf_counter() - t0})
-            bar.update(step, stats, rate)
+            bar.update(step, f"loss {stats['loss']:.4g}  {rate:.2f} it/s")
             if step % config.train.checkpoint_every == 0 and step < total:
                 save_checkpoint(paths.last_checkpoint, checkpoint_state(stage, step, elapsed_before + time.perf_counter() - t0))
             if config.train.preview_every > 0 and step % config.train.preview_every == 0 and step < total:

@@ -16,6 +16,7 @@ from torch import Tensor
 from sjc3d.atomic import atomic_path
 from sjc3d.cameras import spherical_to_c2w
 from sjc3d.errors import ConfigError, InputError
+from sjc3d.image import save_png
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 GRID_VIEWS = 8  # views in a grid PNG (two rows of four)
@@ -92,14 +93,6 @@ def write_video(frames: np.ndarray, path: Path, fps: int = FPS) -> Path:
     return path
 
 
-def write_png(image: np.ndarray, path: Path) -> Path:
-    import imageio.v2 as imageio
-
-    with atomic_path(path) as tmp:
-        imageio.imwrite(tmp, image, format="PNG")
-    return Path(path)
-
-
 def render_command(
     run_dir: Optional[Path],
     video: Optional[Path] = None,
@@ -148,7 +141,7 @@ def render_command(
         written.append(out)
     if grid is not None:
         n = min(GRID_VIEWS, frames)
-        out = write_png(make_grid(render(turntable_poses(n, elevation, radius)), n_cols=min(4, n)), Path(grid))
+        out = save_png(Path(grid), make_grid(render(turntable_poses(n, elevation, radius)), n_cols=min(4, n)))
         console.print(f"wrote {out} ({n} views)")
         written.append(out)
     return written

@@ -10,7 +10,6 @@ convention lives in one place; a positive --elevation-delta moves the camera up.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -18,7 +17,9 @@ import torch
 from torch import Tensor
 
 from sjc3d.config import DEFAULT_MODEL, CameraConfig, InputConfig
+from sjc3d.device import resolve_device
 from sjc3d.errors import ConfigError
+from sjc3d.progress import ProgressBar
 
 
 def parse_azimuths(text: str) -> list[float]:
@@ -87,41 +88,6 @@ def grid(images: list[Tensor]) -> Tensor:
     return torch.cat(row, dim=1)
 
 
-def _device(name: Optional[str]) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r}: expected cpu, cuda, cuda:1 ...") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r} but CUDA is not available here; use --device cpu")
-    return device
-
-
-class _Bar:
-    """A rich progress bar on a terminal, silent otherwise."""
-
-    def __init__(self, total: int, label: str):
-        self.bar = None
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
-            self.task = self.bar.add_task(label, total=total)
-            self.bar.start()
-
-    def __call__(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delta: float, input_elevation: float,
                   model: Optional[str], steps: int, guidance: float, seed: int, out: Path,
                   device: Optional[str]) -> list[Path]:
@@ -140,16 +106,16 @@ def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delt
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
-    torch_device = _device(device)
+    torch_device = resolve_device(device or "auto", setting="--device")
 
     view = load_input_view(image, InputConfig(elevation=input_elevation))
     prior = load_zero123(model or DEFAULT_MODEL, device=torch_device)
     prior.condition(view.rgb, input_elevation, radius)
     poses = target_poses(azimuths, input_elevation, elevation_delta, radius, radius_delta)
 
-    bar = _Bar(steps, f"views ({len(azimuths)}×{steps} DDIM steps)")
+    bar = ProgressBar(steps, f"views ({len(azimuths)}×{steps} DDIM steps)")
     try:
-        images = sample_views(prior, poses, steps, guidance, torch.Generator().manual_seed(seed), progress=bar).cpu()
+        images = sample_views(prior, poses, steps, guidance, torch.Generator().manual_seed(seed), progress=bar.advance).cpu()
     finally:
         bar.close()
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from sjc3d.cameras import c2w_to_spherical
 from sjc3d.cli import app
 from sjc3d.render.base import RenderOutput
-from sjc3d.turntable import make_grid, render_frames, turntable_poses, write_png, write_video
+from sjc3d.image import save_png
+from sjc3d.turntable import make_grid, render_frames, turntable_poses, write_video
 
 
 def test_turntable_poses_circle_at_one_elevation():
@@ -85,7 +86,7 @@ def test_gif_fallback_when_the_mp4_writer_is_unavailable(tmp_path, monkeypatch):
 
 def test_grid_png_round_trip(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, size=(10, 20, 3), dtype=np.uint8)
-    path = write_png(image, tmp_path / "grid.png")
+    path = save_png(tmp_path / "grid.png", image)
     assert np.array_equal(imageio.imread(path), image)
 
 

@@ -17,15 +17,19 @@ from sjc3d.export.writers import check_mesh_suffix, write_mesh
 
 
 def read_rgb(path: Path) -> Optional[np.ndarray]:
-    """An image file as float RGB [H, W, 3] in [0, 1] composited on white, or None if unreadable."""
+    """A run's input.png as float RGB [H, W, 3] in [0, 1], or None if unreadable.
+
+    The trainer stores the view already composited on white in RGB, with the mask as alpha
+    (rundir.py), so the colour channels are taken as they are — compositing them again would
+    darken the object's anti-aliased edge.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except OSError:
         return None
-    return rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
 
 
 def input_view_psnr(result: ExportResult, image: np.ndarray, elevation: float, radius: float, fov_deg: float) -> float:

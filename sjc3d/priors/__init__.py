@@ -59,4 +59,9 @@ def build_decoder(cfg: PriorConfig, device: torch.device) -> Callable[[torch.Ten
 
     source = (cfg.vae_source or DEFAULT_MODEL) if is_oracle(cfg.source) else cfg.source
     vae = load_vae(source, dtype=resolve_dtype(cfg.dtype, device), device=device)
-    return lambda z: vae_io.decode_scaled(vae, z)
+
+    @torch.no_grad()
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return vae_io.decode_scaled(vae, z)
+
+    return decode

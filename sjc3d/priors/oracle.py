@@ -192,7 +192,8 @@ class OraclePrior:
 
     def decode(self, z: Tensor) -> Tensor:
         if self.space == "latent":
-            return vae_io.decode_scaled(self.vae, z)
+            with torch.no_grad():
+                return vae_io.decode_scaled(self.vae, z)
         return vae_io.from_vae_output(z)
 
     # ---------------------------------------------------------------- ground truth views

@@ -21,14 +21,25 @@ def from_vae_output(x: Tensor) -> Tensor:
     return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
 
 
-def encode_scaled(vae: torch.nn.Module, rgb: Tensor) -> Tensor:
-    """Scaled latent of the posterior mean (differentiable): [B, H, W, 3] → [B, 4, H/8, W/8]."""
-    x = to_vae_input(rgb).to(vae.dtype)
-    return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+def encode_scaled(vae: torch.nn.Module, rgb: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+    """Scaled latents (differentiable): [B, H, W, 3] → [B, 4, H/8, W/8] float32.
+
+    The posterior mean by default (deterministic, lower-variance gradients for the RGB render
+    mode); `sample=True` draws from the posterior as the original's `get_first_stage_encoding`
+    does — SD's posterior std is tiny, so they barely differ.
+    """
+    x = to_vae_input(rgb.to(vae.device)).to(vae.dtype)
+    posterior = vae.encode(x).latent_dist
+    latent = posterior.sample(generator) if sample else posterior.mean
+    return latent.float() * vae.config.scaling_factor
 
 
-@torch.no_grad()
-def decode_scaled(vae: torch.nn.Module, z: Tensor) -> Tensor:
-    """Scaled latents [B, 4, h, w] → images [B, 8h, 8w, 3] in [0, 1]."""
-    x = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample
-    return from_vae_output(x)
+def decode_scaled(vae: torch.nn.Module, z: Tensor, clamp: bool = True) -> Tensor:
+    """Scaled latents [B, 4, h, w] → images [B, 8h, 8w, 3], in [0, 1] when `clamp`.
+
+    Differentiable (wrap in torch.no_grad() for previews); `clamp=False` keeps gradients of
+    pixels the decoder pushes slightly outside [0, 1] (e.g. a white background).
+    """
+    x = vae.decode((z.to(vae.device) / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+    x = (x + 1.0) / 2.0
+    return (x.clamp(0.0, 1.0) if clamp else x).permute(0, 2, 3, 1)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sjc3d.config import DEFAULT_MODEL
+from sjc3d.priors import vae as vae_io
 from sjc3d.priors.loading import Zero123Parts, load_parts, load_vae  # noqa: F401  (re-exported)
 from sjc3d.sjc import ddpm_alphas_cumprod, nearest_timestep, ve_sigmas  # noqa: F401  (re-exported)
 
@@ -182,28 +183,12 @@ class Zero123Prior:
     # -- the autoencoder ---------------------------------------------------------------------
 
     def encode(self, rgb: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """Images [B, H, W, 3] in [0, 1] → scaled latents [B, 4, H/8, W/8], differentiable.
-
-        The posterior mean by default (deterministic, lower-variance gradients for the RGB
-        render mode); `sample=True` draws from the posterior as the original's
-        `get_first_stage_encoding` does — SD's posterior std is tiny, so they barely differ.
-        """
-        x = (rgb.to(self.device).permute(0, 3, 1, 2) * 2.0 - 1.0).to(self.dtype)
-        posterior = self.vae.encode(x).latent_dist
-        latent = posterior.sample(generator) if sample else posterior.mean
-        return latent.float() * self.scaling_factor
+        """Images [B, H, W, 3] in [0, 1] → scaled latents [B, 4, H/8, W/8] (priors/vae.py)."""
+        return vae_io.encode_scaled(self.vae, rgb, sample, generator)
 
     def decode(self, z: Tensor, clamp: bool = True) -> Tensor:
-        """Scaled latents [B, 4, h, w] → images [B, 8h, 8w, 3], in [0, 1] when `clamp`.
-
-        Differentiable (wrap in torch.no_grad() for previews); `clamp=False` keeps gradients
-        of pixels the decoder pushes slightly outside [0, 1] (e.g. a white background).
-        """
-        x = self.vae.decode((z.to(self.device) / self.scaling_factor).to(self.dtype)).sample.float()
-        x = (x + 1.0) / 2.0
-        if clamp:
-            x = x.clamp(0.0, 1.0)
-        return x.permute(0, 2, 3, 1)
+        """Scaled latents [B, 4, h, w] → images [B, 8h, 8w, 3] (priors/vae.py)."""
+        return vae_io.decode_scaled(self.vae, z, clamp)
 
 
 def load_zero123(

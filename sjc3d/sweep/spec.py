@@ -43,7 +43,6 @@ and a missing image is an InputError — before the first trial starts.
 
 from __future__ import annotations
 
-import difflib
 import glob
 import hashlib
 import itertools
@@ -55,7 +54,7 @@ from typing import Any, Optional
 
 import yaml
 
-from sjc3d.config import Config, config_to_dict, is_oracle, load_config, parse_override, read_yaml, resolve_preset_path
+from sjc3d.config import Config, config_to_dict, did_you_mean, is_oracle, load_config, parse_override, read_yaml, resolve_preset_path
 from sjc3d.errors import ConfigError, InputError
 
 SWEEP_KEYS = ("name", "base", "overrides", "grid", "runs", "images", "seeds", "sort_by", "sort_order")
@@ -306,8 +305,7 @@ def load_sweep(path: str | Path, extra_overrides: list[str] | tuple = ()) -> Swe
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for key in data:
         if key not in SWEEP_KEYS:
-            close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(str(key), list(SWEEP_KEYS))
             raise ConfigError(f"{path}: unknown sweep key {key!r}{hint}; known: {', '.join(SWEEP_KEYS)}")
     here = path.resolve().parent
     try:
