@@ -232,7 +232,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise bad
     if origin is Literal:
-        if value in args:
+        if isinstance(value, bool) and {"yes", "no"} <= set(args):
+            value = "yes" if value else "no"  # YAML 1.1 reads yes/no (and true/false) as booleans
+        if value in args and not isinstance(value, bool):
             return value
         hint = did_you_mean(str(value), [str(a) for a in args])
         raise ConfigError(f"{key}={value!r}: expected one of {_type_name(tp)}{hint}")

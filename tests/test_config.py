@@ -43,6 +43,16 @@ def test_overrides_are_typed_and_applied_in_order(tmp_path):
     assert cfg.export.threshold is None
 
 
+def test_yes_no_choices_survive_yaml_booleans(tmp_path):
+    cfg = load_config([], ["prior.stable=yes", "input.remove_background=no"])
+    assert cfg.prior.stable == "yes" and cfg.input.remove_background == "no"
+    preset = tmp_path / "p.yaml"
+    preset.write_text("prior:\n  stable: no\n")
+    assert load_config([preset]).prior.stable == "no"
+    with pytest.raises(ConfigError, match="field.output=True"):
+        load_config([], ["field.output=true"])
+
+
 def test_preset_by_name():
     assert load_config(["reference"]).train.steps == 10000
 
