@@ -46,6 +46,30 @@ def test_fit_with_the_oracle_writes_the_run_directory(tmp_path):
     assert np.isfinite(result.metrics["loss"]) and "ref_psnr" in result.metrics
 
 
+def test_stop_flag_checkpoints_the_last_step_and_callbacks_see_every_step(tmp_path):
+    import threading
+
+    from sjc3d.priors import build_prior
+
+    config = oracle_config(8)
+    prior = build_prior(config, torch.device("cpu"))  # loaded once by the caller, as the web app does
+    stop, seen = threading.Event(), []
+
+    def on_step(step, stats):
+        seen.append(step)
+        assert np.isfinite(stats["loss"])
+        if step == 3:
+            stop.set()
+
+    result = fit(config, None, tmp_path / "run", progress=False, prior=prior, on_step=on_step, stop=stop)
+    paths = RunPaths(tmp_path / "run")
+    assert result.stopped and result.step == 3 and seen == [1, 2, 3]
+    assert load_checkpoint(paths.last_checkpoint)["step"] == 3
+    assert not paths.final_checkpoint.exists()
+    resumed = fit(config, None, paths.root, resume=True, progress=False, prior=prior)
+    assert not resumed.stopped and resumed.step == 8 and metric_steps(paths) == list(range(1, 9))
+
+
 @pytest.mark.parametrize("output", ["latent", "rgb"])
 def test_fit_with_a_tiny_zero123(tmp_path, tiny_zero123, output):
     config = load_config(["cpu-tiny"], [
