@@ -109,6 +109,7 @@ class PriorConfig:
 class SJCConfig:
     """Perturb-and-average scoring and how the score is chained."""
 
+    weight: float = 1.0  # scale of the chained score; 0 = no prior at all (reference-view losses only)
     t_min: int = 10  # discrete timesteps the noise level is drawn from (reference run)
     t_max: int = 969
     variance_reduction: bool = True  # Eq. 16: (D - y)/σ; False = Eq. 15: (D - z)/σ
@@ -185,6 +186,7 @@ def _check(cfg: Config) -> None:
         ("render.n_samples", cfg.render.n_samples >= 2, "must be at least 2"),
         ("sjc.t_min", 0 <= cfg.sjc.t_min < cfg.sjc.t_max <= 999, "need 0 <= t_min < t_max <= 999"),
         ("sjc.n_views", cfg.sjc.n_views >= 1, "must be at least 1"),
+        ("sjc.weight", cfg.sjc.weight >= 0, "must be >= 0"),
         ("train.steps", cfg.train.steps >= 0, "must be >= 0"),
         ("train.lr", cfg.train.lr > 0, "must be positive"),
         ("input.object_fraction", 0 < cfg.input.object_fraction <= 1, "must be in (0, 1]"),

@@ -61,7 +61,7 @@ def to_model_space(prior, features: Tensor, output: str) -> Tensor:
     """Render features [B, H, W, C] → the prior's model space [B, C', h, w] (differentiable).
 
     latent fields render the model space directly; rgb fields are encoded (through the VAE for
-    Zero-1-to-3, which expects 256² images, so the render is upsampled first).
+    Zero-1-to-3, which expects images of its training size, so the render is resized first).
     """
     if output == "latent":
         return features.permute(0, 3, 1, 2)
@@ -75,8 +75,11 @@ def encode_size(config: Config, prior) -> int:
 
 
 def check_latent_resolution(config: Config, prior) -> None:
-    """Latent renders must have the size of the model's latents (256² views → 32², VAE factor 8)."""
-    expected = encode_size(config, prior) // 8
+    """Latent renders must have the size of the model's latents: its image size / its VAE factor.
+
+    (256² views → 32² for Zero-1-to-3's factor-8 VAE; 64² → 16² for a factor-4 toy model.)
+    """
+    expected = encode_size(config, prior) // prior.latent_factor
     if config.field.output == "latent" and config.camera.resolution != expected:
         raise ConfigError(f"camera.resolution={config.camera.resolution}: latent renders for this prior must be "
                           f"{expected}x{expected} (set camera.resolution={expected}, or field.output=rgb)")
@@ -128,7 +131,7 @@ def build_stage(config: Config, image: Optional[Path], view: Optional[InputView]
         view = load_input_view(image, config.input)  # check the image before loading a model
     if prior is None:
         prior = build_prior(config, device)
-    if config.field.output == "latent" and prior.n_channels != 4:
+    if config.field.output == "latent" and prior.n_channels == 3:
         raise ConfigError("field.output=latent needs a latent prior (the oracle in rgb space has none)")
     check_latent_resolution(config, prior)
     if view is None:
@@ -155,6 +158,8 @@ def score_term(stage: Stage) -> tuple[Tensor, dict[str, float], RenderOutput]:
                          cfg.camera.radius_range, stage.generator, stage.device)
     c2w = poses.c2w()
     render = stage.renderer.render_views(c2w, cfg.camera.fov_deg, cfg.camera.resolution, stage.background)
+    if cfg.sjc.weight == 0:  # the score-off baseline: the views are rendered for the regularisers only
+        return torch.zeros((), device=stage.device), {}, render
     y = to_model_space(stage.prior, render.features, cfg.field.output)
     draw = sjc.draw_noise(y, stage.prior.sigmas, cfg.sjc.t_min, cfg.sjc.t_max, stage.generator)
     pose = zero123_pose(stage.input_c2w, c2w)
@@ -163,7 +168,7 @@ def score_term(stage: Stage) -> tuple[Tensor, dict[str, float], RenderOutput]:
         raise FloatingPointError("score")
     grad = sjc.clip_gradient(sjc.sjc_gradient(y, draw, denoised, cfg.sjc.variance_reduction), cfg.sjc.grad_clip)
     stats = {"sigma": draw.sigma.mean().item(), "score_norm": (grad.norm() / math.sqrt(grad.numel())).item()}
-    return sjc.chain_loss(y, grad), stats, render
+    return cfg.sjc.weight * sjc.chain_loss(y, grad), stats, render
 
 
 def reference_term(stage: Stage) -> tuple[Tensor, dict[str, float]]:

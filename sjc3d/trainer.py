@@ -104,14 +104,16 @@ def write_preview(stage: Stage, paths: RunPaths, name: str) -> Path:
     from sjc3d.turntable import render_frames, turntable_poses
 
     cfg = stage.config
-    if cfg.field.output == "latent":  # rendered at camera.resolution, decoded 8× larger
-        decode, resolution = stage.prior.decode, 8 * cfg.camera.resolution
+    factor = stage.prior.latent_factor if cfg.field.output == "latent" else 1
+    if cfg.field.output == "latent":  # rendered at camera.resolution, decoded `factor`× larger
+        decode, resolution = stage.prior.decode, factor * cfg.camera.resolution
     else:
         decode, resolution = None, max(64, cfg.camera.resolution)
     stage.field.eval()
     stage.renderer.eval()
     poses = turntable_poses(cfg.train.preview_frames, PREVIEW_ELEVATION, cfg.camera.radius).to(stage.device)
-    frames = render_frames(stage.renderer.render_views, poses, cfg.camera.fov_deg, resolution, stage.background, decode)
+    frames = render_frames(stage.renderer.render_views, poses, cfg.camera.fov_deg, resolution, stage.background, decode,
+                           latent_factor=factor)
     return save_png(paths.previews / f"{name}.png", np.concatenate(list(frames), axis=1))
 
 

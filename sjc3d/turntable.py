@@ -1,7 +1,8 @@
 """`sjc3d render`: turntable videos and grids of views of a trained run.
 
-Latent runs are rendered at resolution/8 and decoded by the prior's VAE (which upsamples 8×),
-so the frames have the requested side whatever the field renders.
+Latent runs are rendered at resolution/f and decoded by the prior's VAE (which upsamples f×, f = 8
+for Zero-1-to-3, 4 for the shipped toy prior), so the frames have the requested side whatever
+the field renders.
 """
 
 from __future__ import annotations
@@ -38,16 +39,17 @@ def render_frames(
     background: Tensor,
     decode: Optional[Callable[[Tensor], Tensor]] = None,
     batch: int = 8,
+    latent_factor: int = 8,
 ) -> np.ndarray:
     """Render (and decode) views: uint8 frames [B, H, W, 3].
 
     Args:
         render_views: renderer.render_views(c2w, fov_deg, resolution, background) → RenderOutput
             with features [B, h, w, C]; RGB when `decode` is None.
-        decode: latents [B, 4, h, w] → rgb [B, H, W, 3] for latent fields; the field is then
-            rendered at resolution // 8.
+        decode: latents [B, c, h, w] → rgb [B, H, W, 3] for latent fields; the field is then
+            rendered at resolution // latent_factor (the VAE decoder's upsampling).
     """
-    side = resolution if decode is None else max(resolution // 8, 4)
+    side = resolution if decode is None else max(resolution // latent_factor, 4)
     frames = []
     for start in range(0, len(c2w), batch):
         out = render_views(c2w[start : start + batch], fov_deg, side, background)
@@ -129,7 +131,8 @@ def render_command(
     fov, radius = run.config.camera.fov_deg, run.config.camera.radius
 
     def render(c2w: Tensor) -> np.ndarray:
-        return render_frames(run.renderer.render_views, c2w.to(device), fov, resolution, run.background, decode)
+        return render_frames(run.renderer.render_views, c2w.to(device), fov, resolution, run.background, decode,
+                             latent_factor=getattr(decode, "factor", 1))
 
     console = Console(highlight=False, soft_wrap=True)
     written = []

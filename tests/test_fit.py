@@ -70,6 +70,18 @@ def test_stop_flag_checkpoints_the_last_step_and_callbacks_see_every_step(tmp_pa
     assert not resumed.stopped and resumed.step == 8 and metric_steps(paths) == list(range(1, 9))
 
 
+def test_score_weight_zero_never_asks_the_prior(tmp_path):
+    from sjc3d.priors import build_prior
+
+    config = oracle_config(3, "sjc.weight=0")
+    prior = build_prior(config, torch.device("cpu"))
+    calls = []
+    prior.denoise = lambda *args, **kwargs: calls.append(1)  # would break the step if it were used
+    result = fit(config, None, tmp_path / "run", progress=False, prior=prior)
+    assert result.step == 3 and calls == [] and "score_norm" not in result.metrics
+    assert np.isfinite(result.metrics["loss"]) and result.metrics["ref_color"] >= 0
+
+
 @pytest.mark.parametrize("output", ["latent", "rgb"])
 def test_fit_with_a_tiny_zero123(tmp_path, tiny_zero123, output):
     config = load_config(["cpu-tiny"], [

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from sjc3d.cameras import input_c2w
 from sjc3d.errors import ConfigError

@@ -7,7 +7,7 @@ Zero-1-to-3 model (hub id, local diffusers folder or original `.ckpt`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -44,24 +44,38 @@ def build_prior(config: Config, device: torch.device) -> Prior:
         if space == "latent":
             from sjc3d.priors.zero123 import load_vae
 
-            vae = load_vae(cfg.vae_source or DEFAULT_MODEL, dtype=dtype, device=device)
+            vae = load_vae(str(resolve_project_path(cfg.vae_source or DEFAULT_MODEL)), dtype=dtype, device=device)
         return OraclePrior(mesh, config.camera.fov_deg, space=space, vae=vae, device=device)
 
     from sjc3d.priors.zero123 import load_zero123
 
-    return load_zero123(cfg.source, image_encoder=cfg.image_encoder, stable=cfg.stable, dtype=dtype, device=device)
+    source = str(resolve_project_path(cfg.source))  # presets name shipped models as assets/...
+    return load_zero123(source, image_encoder=cfg.image_encoder, stable=cfg.stable, dtype=dtype, device=device)
 
 
-def build_decoder(cfg: PriorConfig, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """VAE decoder of a latent field's prior: scaled latents [B, 4, h, w] → rgb [B, 8h, 8w, 3]."""
+@dataclass
+class LatentDecoder:
+    """VAE decoder of a latent field's prior: scaled latents [B, c, h, w] → rgb [B, f·h, f·w, 3].
+
+    `factor` (f) is the VAE's upsampling, read from its config: renderers that want frames of a
+    given side render the field at side // factor.
+    """
+
+    vae: torch.nn.Module
+    factor: int
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        from sjc3d.priors import vae as vae_io
+
+        return vae_io.decode_scaled(self.vae, z)
+
+
+def build_decoder(cfg: PriorConfig, device: torch.device) -> LatentDecoder:
+    """The VAE decoder of the prior a latent field was trained with (the oracle's `vae_source`)."""
     from sjc3d.priors import vae as vae_io
     from sjc3d.priors.zero123 import load_vae
 
     source = (cfg.vae_source or DEFAULT_MODEL) if is_oracle(cfg.source) else cfg.source
-    vae = load_vae(source, dtype=resolve_dtype(cfg.dtype, device), device=device)
-
-    @torch.no_grad()
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae_io.decode_scaled(vae, z)
-
-    return decode
+    vae = load_vae(str(resolve_project_path(source)), dtype=resolve_dtype(cfg.dtype, device), device=device)
+    return LatentDecoder(vae, vae_io.latent_factor(vae))

@@ -72,7 +72,7 @@ class Zero123Parts:
 
 def _how_to_pass(what: str) -> str:
     return (
-        f"pass a local copy: --model /path/to/folder or prior.source=/path/to/zero123.ckpt"
+        "pass a local copy: --model /path/to/folder or prior.source=/path/to/zero123.ckpt"
         if what == "model"
         else "pass a local copy: prior.image_encoder=/path/to/folder (holding image_encoder/ or config.json)"
     )

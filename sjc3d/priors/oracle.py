@@ -42,8 +42,7 @@ Y_UP_TO_WORLD = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 LIGHT_DIRECTION = np.array([0.6, 0.3, 0.75])  # fixed in the world, so colour is view-independent
 AMBIENT = 0.35
 DEFAULT_ALBEDO = np.array([0.75, 0.62, 0.45])
-ORACLE_SIZE = 1.0
-LATENT_FACTOR = 8  # an SD VAE latent pixel covers 8×8 image pixels  # longest side of the object's bounding box, in scene units
+ORACLE_SIZE = 1.0  # longest side of the object's bounding box, in scene units
 
 
 def load_world_mesh(path: str | Path, y_up: bool = True) -> trimesh.Trimesh:
@@ -161,7 +160,8 @@ class OraclePrior:
         self.vae = vae
         self.supersample = supersample
         self.device = torch.device(device)
-        self.n_channels = 4 if space == "latent" else 3
+        self.n_channels = int(vae.config.latent_channels) if space == "latent" else 3
+        self.latent_factor = vae_io.latent_factor(vae) if space == "latent" else 1
         # The VAE encodes images of its training size (256² for Zero-1-to-3); RGB space takes any.
         self.encode_size = int(vae.config.sample_size) if space == "latent" else None
         self.sigmas = ve_sigmas(ddpm_alphas_cumprod()).float()
@@ -181,7 +181,7 @@ class OraclePrior:
     @torch.no_grad()
     def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float = 1.0) -> Tensor:
         """The true view at each pose, in model space at z's resolution, whatever z and σ are."""
-        size = z.shape[-1] * (LATENT_FACTOR if self.space == "latent" else 1)
+        size = z.shape[-1] * self.latent_factor
         views = [self.render(camera_from_pose(p, self.input_polar, self.input_radius), size).rgb for p in pose.cpu()]
         return self.encode(torch.stack(views).to(self.device)).to(z.dtype)
 

@@ -11,6 +11,11 @@ import torch
 from torch import Tensor
 
 
+def latent_factor(vae: torch.nn.Module) -> int:
+    """Image pixels per latent pixel along a side: 2^(levels − 1) (8 for SD, 4 for a 3-level VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def to_vae_input(rgb: Tensor) -> Tensor:
     """[B, H, W, 3] in [0, 1] → [B, 3, H, W] in [−1, 1]."""
     return rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
@@ -22,7 +27,7 @@ def from_vae_output(x: Tensor) -> Tensor:
 
 
 def encode_scaled(vae: torch.nn.Module, rgb: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
-    """Scaled latents (differentiable): [B, H, W, 3] → [B, 4, H/8, W/8] float32.
+    """Scaled latents (differentiable): [B, H, W, 3] → [B, c, H/f, W/f] float32 (f = latent_factor).
 
     The posterior mean by default (deterministic, lower-variance gradients for the RGB render
     mode); `sample=True` draws from the posterior as the original's `get_first_stage_encoding`
@@ -35,7 +40,7 @@ def encode_scaled(vae: torch.nn.Module, rgb: Tensor, sample: bool = False, gener
 
 
 def decode_scaled(vae: torch.nn.Module, z: Tensor, clamp: bool = True) -> Tensor:
-    """Scaled latents [B, 4, h, w] → images [B, 8h, 8w, 3], in [0, 1] when `clamp`.
+    """Scaled latents [B, c, h, w] → images [B, f·h, f·w, 3], in [0, 1] when `clamp`.
 
     Differentiable (wrap in torch.no_grad() for previews); `clamp=False` keeps gradients of
     pixels the decoder pushes slightly outside [0, 1] (e.g. a white background).

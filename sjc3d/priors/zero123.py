@@ -43,9 +43,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # ----------------------------------------------------------------------------- pure functions
 
 
-def clip_preprocess(images: Tensor) -> Tensor:
-    """[B, 3, H, W] in [−1, 1] → [B, 3, 224, 224] CLIP input (bicubic, no crop, mean/std)."""
-    x = F.interpolate(images, size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=True)
+def clip_preprocess(images: Tensor, size: int = CLIP_SIZE) -> Tensor:
+    """[B, 3, H, W] in [−1, 1] → [B, 3, size, size] CLIP input (bicubic, no crop, mean/std).
+
+    `size` is the encoder's `config.image_size`: 224 for the real ViT-L/14.
+    """
+    x = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=True)
     x = (x + 1.0) / 2.0
     mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -79,11 +82,11 @@ class Zero123Prior:
     """Zero-1-to-3 behind the `Prior` protocol (sjc3d/priors/base.py).
 
     Components are injected (see `load_zero123`); they are frozen.  Model space: latents
-    scaled by `vae.config.scaling_factor`, [B, 4, h, w] with h = H/8 (32 for 256² views).
+    scaled by `vae.config.scaling_factor`, [B, c, h, w] with c = vae.config.latent_channels and
+    h = H/f, f = `latent_factor` (4 channels, f = 8, 32² latents for 256² views in the real
+    model).  Everything about sizes is read from the components' configs, never assumed.
     fp16 on CUDA by default; everything returned is float32.
     """
-
-    n_channels = 4
 
     def __init__(self, unet, vae, image_encoder, projection, scheduler_config: dict, stable: bool = False) -> None:
         self.unet, self.vae, self.image_encoder, self.projection = unet, vae, image_encoder, projection
@@ -92,6 +95,9 @@ class Zero123Prior:
         self.device = next(unet.parameters()).device
         self.dtype = next(unet.parameters()).dtype
         self.scaling_factor = float(vae.config.scaling_factor)
+        self.n_channels = int(vae.config.latent_channels)
+        self.latent_factor = vae_io.latent_factor(vae)
+        self.clip_size = int(image_encoder.config.image_size)
         # Side of the views the model was trained on (256; a .ckpt does not record it, the
         # published value is used).  condition() resizes the input view to it, and the trainer
         # resizes RGB renders to it before encode() (`encode_size`).
@@ -127,7 +133,7 @@ class Zero123Prior:
     def condition(self, image: Tensor, elevation_deg: float, radius: float) -> None:
         """Encode the input view once: CLIP embedding, unscaled concat latent, input polar."""
         x = self._to_model_image(image)
-        pixels = clip_preprocess(x).to(self.dtype)
+        pixels = clip_preprocess(x, self.clip_size).to(self.dtype)
         self.clip_embedding = self.image_encoder(pixel_values=pixels).image_embeds.float()
         self.concat_latent = self.vae.encode(x.to(self.dtype)).latent_dist.mode().float()
         self.input_polar = math.radians(90.0 - float(elevation_deg))
@@ -183,11 +189,11 @@ class Zero123Prior:
     # -- the autoencoder ---------------------------------------------------------------------
 
     def encode(self, rgb: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """Images [B, H, W, 3] in [0, 1] → scaled latents [B, 4, H/8, W/8] (priors/vae.py)."""
+        """Images [B, H, W, 3] in [0, 1] → scaled latents [B, c, H/f, W/f] (priors/vae.py)."""
         return vae_io.encode_scaled(self.vae, rgb, sample, generator)
 
     def decode(self, z: Tensor, clamp: bool = True) -> Tensor:
-        """Scaled latents [B, 4, h, w] → images [B, 8h, 8w, 3] (priors/vae.py)."""
+        """Scaled latents [B, c, h, w] → images [B, f·h, f·w, 3] (priors/vae.py)."""
         return vae_io.decode_scaled(self.vae, z, clamp)
 
 
