@@ -300,7 +300,7 @@ def _known_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _set(cfg: Config, dotted: str, value: Any) -> None:
+def _set(cfg: Any, dotted: str, value: Any) -> None:
     """Set `dotted` (e.g. "train.lr") on `cfg`, checking the key and coercing the value."""
     parts = dotted.split(".")
     obj: Any = cfg
@@ -309,7 +309,7 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
         if name not in hints:
             where = ".".join(parts[:depth])
             options = [f"{where}.{k}" if where else k for k in hints]
-            known = _known_keys(Config)
+            known = _known_keys(type(cfg))
             raise ConfigError(f"unknown config key {dotted!r}{did_you_mean(dotted, options + known)}")
         tp = hints[name]
         if depth == len(parts) - 1:
@@ -336,7 +336,7 @@ def _get(cfg: Config, dotted: str) -> Any:
 # --------------------------------------------------------------------------- public API
 
 
-def apply_mapping(cfg: Config, mapping: dict, source: str = "") -> Config:
+def apply_mapping(cfg: Any, mapping: dict, source: str = "") -> Any:
     """Merge a nested mapping (a parsed preset) into `cfg` in place and return it."""
     if not isinstance(mapping, dict):
         raise ConfigError(f"{source or 'config'}: expected a mapping at the top level")
@@ -363,17 +363,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def resolve_preset_path(name: str | Path) -> Path:
-    """A preset is a path, or a bare name looked up in the project's `configs/` folder."""
+def resolve_preset_path(name: str | Path, folder: Path = CONFIGS_DIR) -> Path:
+    """A preset is a path, or a bare name looked up in the project's `configs/` folder (or `folder`)."""
     path = Path(name)
     candidates = [path]
     if not path.suffix:
         candidates.append(path.with_suffix(".yaml"))
-    candidates += [CONFIGS_DIR / path.name, CONFIGS_DIR / f"{path.name}.yaml"]
+    candidates += [folder / path.name, folder / f"{path.name}.yaml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    available = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
+    available = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
     hint = did_you_mean(path.stem, available)
     raise ConfigError(f"config file {str(name)!r} not found{hint}; presets: {', '.join(available)}")
 
@@ -396,16 +396,26 @@ def load_config(
     base: dict | None = None,
 ) -> Config:
     """Defaults ← `base` mapping ← each preset in order ← `key=value` overrides; then checked."""
-    cfg = Config()
+    return build_config(Config, presets, overrides, base, check=_check)
+
+
+def build_config(schema: type, presets=(), overrides=(), base: dict | None = None, check=None,
+                 folder: Path = CONFIGS_DIR) -> Any:
+    """The same layering for any tree of dataclasses `schema` (e.g. `sjc3d train-prior`'s).
+
+    Bare preset names are looked up in `folder`; `check(cfg)` runs the cross-field rules.
+    """
+    cfg = schema()
     if base:
         apply_mapping(cfg, base, "base")
     for preset in presets:
-        path = resolve_preset_path(preset)
+        path = resolve_preset_path(preset, folder)
         apply_mapping(cfg, read_yaml(path), str(path))
     for text in overrides:
         key, value = parse_override(text)
         _set(cfg, key, value)
-    _check(cfg)
+    if check is not None:
+        check(cfg)
     return cfg
 
 
