@@ -235,9 +235,27 @@ def test_quadric_decimation_meets_the_face_budget():
     assert len(small.faces) <= 800 and small.volume == pytest.approx(mesh.volume, rel=0.05)
 
 
-def test_max_faces_and_smoothing_through_the_pipeline():
-    mesh, _, _, raw = field_geometry(RampSphere(), ExportConfig(resolution=48, max_faces=1000, smooth_iterations=5))
+def test_max_faces_through_the_pipeline():
+    mesh, _, _, raw = field_geometry(RampSphere(), ExportConfig(resolution=48, max_faces=1000))
     assert raw > 1000 and len(mesh.faces) <= 1000
+
+
+class RippledSphere(RampSphere):
+    """RampSphere with a 1.5 % ripple on its radius: a surface for smoothing to flatten."""
+
+    def raw_density(self, points):
+        x, y, z = points.unbind(-1)
+        r = points.norm(dim=-1) + 0.015 * torch.sin(37 * x) * torch.sin(41 * y) * torch.sin(43 * z)
+        return self.peak * ((self.r0 - r) / self.w).clamp(0, 1)
+
+
+def test_smooth_iterations_flatten_ripples_through_the_pipeline():
+    rough, *_ = field_geometry(RippledSphere(), ExportConfig(resolution=48, smooth_iterations=0))
+    smooth, *_ = field_geometry(RippledSphere(), ExportConfig(resolution=48, smooth_iterations=5))
+    radius = lambda m: np.linalg.norm(m.vertices, axis=1)  # noqa: E731
+    assert len(smooth.faces) == len(rough.faces)  # smoothing moves vertices, keeps the topology
+    assert radius(smooth).std() < 0.7 * radius(rough).std()  # measured 0.0046 vs 0.0085
+    assert radius(smooth).mean() == pytest.approx(radius(rough).mean(), rel=0.01)  # Taubin: little shrinkage
 
 
 # --------------------------------------------------------------------------- colours
