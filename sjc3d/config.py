@@ -154,9 +154,12 @@ class ExportConfig:
     threshold: Optional[float] = None  # None = automatic from the density distribution
     chunk: int = 262144  # grid points per density query
     min_component_fraction: float = 0.02  # drop floaters with fewer faces than this share
-    smooth_iterations: int = 0
+    smooth_iterations: int = 0  # Taubin λ|μ passes on the mesh
+    density_sigma: float = 0.0  # Gaussian filter on the density grid before marching cubes (voxels)
     max_faces: int = 0  # 0 = no decimation
     color_views: int = 16  # rendered views used to colour a latent field
+    texture: bool = False  # UV atlas + baked colour texture (.glb/.obj) instead of vertex colours
+    texture_size: int = 1024  # side of the square texture (texels)
 
 
 @dataclass
@@ -191,6 +194,8 @@ def _check(cfg: Config) -> None:
         ("train.lr", cfg.train.lr > 0, "must be positive"),
         ("input.object_fraction", 0 < cfg.input.object_fraction <= 1, "must be in (0, 1]"),
         ("export.resolution", 8 <= cfg.export.resolution <= 1024, "must be in [8, 1024]"),
+        ("export.texture_size", 16 <= cfg.export.texture_size <= 8192, "must be in [16, 8192]"),
+        ("export.density_sigma", 0 <= cfg.export.density_sigma <= 8, "must be in [0, 8] voxels"),
     ]
     for lo_hi_key in ("camera.elevation_range", "camera.azimuth_range", "camera.radius_range"):
         lo, hi = _get(cfg, lo_hi_key)
