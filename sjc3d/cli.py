@@ -118,6 +118,9 @@ def export_cmd(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Density iso-level (default auto)."),
     max_faces: Optional[int] = typer.Option(None, "--max-faces", help="Decimate to this many faces."),
     smooth: Optional[int] = typer.Option(None, "--smooth", help="Taubin smoothing iterations."),
+    texture: Optional[bool] = typer.Option(None, "--texture/--no-texture",
+                                           help="Baked UV texture (.glb/.obj) or vertex colours."),
+    texture_size: Optional[int] = typer.Option(None, "--texture-size", help="Texture side (default 1024)."),
 ) -> None:
     """Export a coloured mesh from a run."""
 
@@ -125,7 +128,7 @@ def export_cmd(
         from sjc3d.export import export_command
 
         export_command(run_dir=run_dir, mesh=mesh, resolution=resolution, threshold=threshold,
-                       max_faces=max_faces, smooth=smooth)
+                       max_faces=max_faces, smooth=smooth, texture=texture, texture_size=texture_size)
 
     guarded(run)
 
@@ -209,6 +212,28 @@ def sweep_cmd(
 
         sweep_command(sweep_file=sweep_file, dry_run=dry_run, executor=executor, address=address,
                       gpus_per_trial=gpus_per_trial, out=out)
+
+    guarded(run)
+
+
+@app.command("app")
+def app_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id, folder or .ckpt (default: the shipped toy prior)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (0.0.0.0 = every interface)."),
+    port: int = typer.Option(7860, "--port", help="Port to serve on."),
+    runs: Path = typer.Option(Path("outputs"), "--runs", help="Folder for the run directories."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 ... (default auto)."),
+) -> None:
+    """Serve the live demo in a browser: novel views, a fit with previews, the mesh in 3D (needs the app extra)."""
+
+    def run() -> None:
+        from sjc3d.errors import ConfigError
+
+        if not 1 <= port <= 65535:
+            raise ConfigError(f"--port {port}: must be in [1, 65535]")
+        from sjc3d.app import app_command
+
+        app_command(model=model, host=host, port=port, runs=runs, device=device)
 
     guarded(run)
 
