@@ -95,18 +95,22 @@ def test_backend_choice_on_cpu():
 
 
 @pytest.mark.cuda
-def test_tcnn_backend_matches_torch_backend_layout():
-    from sjc3d.fields.hashgrid import level_specs, n_encoding_params
+def test_a_tcnn_field_gives_the_same_values_on_the_cpu_torch_backend():
+    """Trained on tcnn (CUDA), loaded on the pure-torch backend (CPU): the same density and features."""
     from sjc3d.fields.tcnn_backend import tcnn_available
 
     if not tcnn_available():
         pytest.skip("tinycudann is not installed")
-    cfg = FieldConfig(backend="tcnn")
-    field = build_field(cfg, device="cuda")
-    out = field(torch.rand(1000, 3, device="cuda") * 2 - 1)
-    assert out.density.shape == (1000,) and out.features.shape == (1000, 4)
-    n_tcnn = sum(p.numel() for p in field.encoding.parameters())
-    specs = level_specs(cfg.n_levels, cfg.base_resolution, cfg.per_level_scale, cfg.log2_hashmap_size)
-    assert n_tcnn == n_encoding_params(specs, cfg.n_features_per_level)
-    torch_field = build_field(FieldConfig(backend="torch"), device="cuda")
-    assert torch_field.encoding.planes.numel() == n_tcnn
+    torch.manual_seed(0)
+    gpu = build_field(FieldConfig(backend="tcnn", output="rgb"), device="cuda")
+    assert gpu.encoding.backend == "tcnn"
+    with torch.no_grad():
+        gpu.encoding.grid_parameter.uniform_(-1, 1)  # a "trained" table, far from the tiny init
+    cpu = build_field(FieldConfig(backend="auto", output="rgb"), device="cpu")
+    assert cpu.encoding.backend == "torch"
+    cpu.load_state_dict({k: v.cpu() if torch.is_tensor(v) else v for k, v in gpu.state_dict().items()})
+    points = torch.rand(4096, 3) * 2 - 1
+    with torch.no_grad():
+        a, b = gpu(points.cuda()), cpu(points)
+    torch.testing.assert_close(a.features.cpu(), b.features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.density.cpu(), b.density, atol=1e-4, rtol=1e-4)

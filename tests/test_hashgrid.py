@@ -30,9 +30,8 @@ def naive_encode(enc: HashGridEncoding, x: torch.Tensor) -> torch.Tensor:
                 bits = [(corner >> 2) & 1, (corner >> 1) & 1, corner & 1]
                 v = [b + o for b, o in zip(base, bits)]
                 weight = math.prod(f if o else 1 - f for f, o in zip(frac, bits))
-                if spec.dense:
-                    v = [min(c, spec.resolution - 1) for c in v]
-                    local = v[0] + v[1] * spec.resolution + v[2] * spec.resolution**2
+                if spec.dense:  # a corner one past the grid wraps into the next row, as in tcnn
+                    local = (v[0] + v[1] * spec.resolution + v[2] * spec.resolution**2) % spec.n_rows
                 else:
                     local = ((v[0] * PRIMES[0]) ^ (v[1] * PRIMES[1]) ^ (v[2] * PRIMES[2])) % T
                 out[n, level] += weight * planes[:, offset[level] + local]
@@ -68,7 +67,7 @@ def test_matches_naive_reference(log2):
     with torch.no_grad():
         enc.planes.uniform_(-1, 1)
     x = torch.rand(23, 3, dtype=torch.float64)
-    x[0] = 1.0  # the far faces of the cube: dense corners clamp onto the grid
+    x[0] = 1.0  # the far faces of the cube: dense corners one past the grid wrap around
     x[1] = 0.0
     assert torch.allclose(enc(x), naive_encode(enc, x), atol=1e-12)
 

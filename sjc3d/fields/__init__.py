@@ -1,4 +1,8 @@
-"""Radiance fields: `build_field(cfg, device)` picks the hash-grid backend and builds the field."""
+"""Radiance fields: `build_field(cfg, device)` picks the hash-grid backend and builds the field.
+
+A field's state loads on either backend (a tcnn table converts to the torch grid's and back,
+sjc3d/fields/portable.py); on a resume, `port_optimizer_state` does the same for the moments.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from sjc3d.errors import ConfigError
 from sjc3d.fields.base import FieldOutput
 from sjc3d.fields.field import RadianceField
 from sjc3d.fields.hashgrid import HashGridEncoding
+from sjc3d.fields.portable import port_optimizer_state
 
-__all__ = ["FieldOutput", "RadianceField", "HashGridEncoding", "build_field", "choose_backend"]
+__all__ = ["FieldOutput", "RadianceField", "HashGridEncoding", "build_field", "choose_backend", "port_optimizer_state"]
 
 
 def choose_backend(backend: str, device: torch.device | str) -> str:
@@ -22,7 +27,8 @@ def choose_backend(backend: str, device: torch.device | str) -> str:
         return "torch"
     if backend == "tcnn":
         if not (on_cuda and tcnn_available()):
-            raise ConfigError("field.backend='tcnn' needs a CUDA device and the tinycudann package; use 'auto'")
+            raise ConfigError("field.backend='tcnn' needs a CUDA device and the tinycudann package; use 'auto' "
+                              "(a run trained with tcnn also loads on the torch backend)")
         return "tcnn"
     return "tcnn" if on_cuda and tcnn_available() else "torch"
 

@@ -4,16 +4,21 @@ A point x ∈ [0, 1]³ is looked up in L grids of growing resolution.  On each l
 falls in a cell; the features stored at the cell's 8 corners are blended trilinearly, and the
 L blended feature vectors are concatenated into an encoding of size L · F.
 
-Level geometry follows tiny-cuda-nn, so that both backends see the same grids:
+Level geometry, indexing and hash are tiny-cuda-nn's, bit for bit, so that both backends see
+the same grids and a table converts between them (sjc3d/fields/portable.py):
 
-    scale_l      = base_resolution · per_level_scale^l − 1
+    scale_l      = exp2(l · log2(per_level_scale)) · base_resolution − 1   (float32, as tcnn)
     resolution_l = ceil(scale_l) + 1                       (vertices per side)
     pos          = x · scale_l + 0.5                       (grid coordinates of x)
 
-A coarse level whose resolution_l³ vertices fit in the table is stored densely (one row per
-vertex, index i + j·R + k·R²).  Finer levels share 2^log2_hashmap_size rows through the spatial
-hash of the paper, h(i, j, k) = (i·π₁ ⊕ j·π₂ ⊕ k·π₃) mod T with π = (1, 2654435761, 805459861).
-Collisions are not resolved: the MLP behind the encoding learns to ignore them.
+A coarse level whose resolution_l³ vertices fit in the table is stored densely: vertex
+(i, j, k) is row (i + j·R + k·R²) mod n_rows_l, n_rows_l = R³ rounded up to a multiple of 8.
+The modulo matters on the far faces of the cube: the +0.5 offset can put a cell's upper corner
+at i = R, one past the grid, and tcnn then wraps into the next row rather than clamping
+(tiny-cuda-nn's `pos_fract` comment: "the offset can cause wraparound indexing in dense grids").
+Finer levels share 2^log2_hashmap_size rows through the spatial hash of the paper,
+h(i, j, k) = (i·π₁ ⊕ j·π₂ ⊕ k·π₃) mod T with π = (1, 2654435761, 805459861), products taken
+mod 2³².  Collisions are not resolved: the MLP behind the encoding learns to ignore them.
 
 Layout and speed (this is the CPU backend; every pass over memory counts, and the random reads
 and writes into the table dominate):
@@ -43,6 +48,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -64,9 +70,12 @@ def level_specs(
 ) -> list[LevelSpec]:
     """The L levels of a grid, coarse to fine (tiny-cuda-nn's conventions, see module doc)."""
     table_size = 1 << log2_hashmap_size
+    # tcnn's grid_scale() in float32 (common_device.h): a level's resolution is a ceil(), so a
+    # float64 formula could land one vertex away from tcnn's on a scale near an integer.
+    log2_scale = np.log2(np.float32(per_level_scale))
     specs = []
     for level in range(n_levels):
-        scale = base_resolution * per_level_scale**level - 1.0
+        scale = float(np.exp2(np.float32(level) * log2_scale) * np.float32(base_resolution) - np.float32(1.0))
         resolution = math.ceil(scale) + 1
         n_vertices = resolution**3
         dense = n_vertices <= table_size
@@ -79,6 +88,19 @@ def level_specs(
 def n_encoding_params(specs: list[LevelSpec], n_features_per_level: int) -> int:
     """Number of trainable values of a grid (what tcnn reports for the same hyper-parameters)."""
     return sum(s.n_rows for s in specs) * n_features_per_level
+
+
+def row_offsets(specs: list[LevelSpec]) -> list[int]:
+    """First row of each level in this backend's table: hashed levels first, then dense ones.
+
+    A hashed level's offset j·T then has no bits below log2(T), so it can be OR-ed into the
+    hash (see `HashGridEncoding.corner_indices`).
+    """
+    offsets, row = [0] * len(specs), 0
+    for level in [i for i, s in enumerate(specs) if not s.dense] + [i for i, s in enumerate(specs) if s.dense]:
+        offsets[level] = row
+        row += specs[level].n_rows
+    return offsets
 
 
 # --------------------------------------------------------------------------- the autograd op
@@ -178,16 +200,10 @@ class HashGridEncoding(nn.Module):
         self.n_output_dims = n_levels * n_features_per_level
         table_size = 1 << log2_hashmap_size
 
-        # Row offsets: hashed levels first (aligned to the table size), then dense levels.
-        hashed = [i for i, s in enumerate(self.specs) if not s.dense]
-        dense = [i for i, s in enumerate(self.specs) if s.dense]
-        offsets = [0] * n_levels
-        row = 0
-        for i in hashed + dense:
-            offsets[i] = row
-            row += self.specs[i].n_rows
-        self.n_rows = row
+        offsets = row_offsets(self.specs)
+        self.n_rows = sum(s.n_rows for s in self.specs)
         # Dense levels are the coarse ones, so levels [0, n_dense) are dense, the rest hashed.
+        dense = [i for i, s in enumerate(self.specs) if s.dense]
         self.n_dense = len(dense)
         assert dense == list(range(self.n_dense)), "resolution grows with the level"
         self.index_dtype = torch.int32 if self.n_rows < 2**31 else torch.int64
@@ -201,9 +217,7 @@ class HashGridEncoding(nn.Module):
         mult = [[1, s.resolution, s.resolution**2] if s.dense else list(PRIMES) for s in specs]
         self.register_buffer("axis_mult", torch.tensor(mult, dtype=torch.int64), persistent=False)  # [L, 3]
         self.register_buffer("row_offset", torch.tensor(offsets, dtype=torch.int64), persistent=False)  # [L]
-        self.register_buffer(
-            "max_vertex", torch.tensor([s.resolution - 1 for s in specs], dtype=torch.int64), persistent=False
-        )
+        self.register_buffer("level_rows", torch.tensor([s.n_rows for s in specs], dtype=torch.int64), persistent=False)
         self.hash_mask = table_size - 1
         self.chunk = 65536  # points per pass (see forward)
 
@@ -212,6 +226,32 @@ class HashGridEncoding(nn.Module):
             f"levels={self.n_levels} (dense {self.n_dense}), features={self.n_features_per_level}, "
             f"table=2^{self.log2_hashmap_size}, rows={self.n_rows}"
         )
+
+    # ----------------------------------------------------------------- checkpoints (portable.py)
+
+    backend = "torch"
+
+    @property
+    def grid_parameter(self) -> nn.Parameter:
+        return self.planes
+
+    def grid_record(self) -> dict:
+        from sjc3d.fields.portable import grid_record
+
+        return grid_record(self.backend, self.specs, self.n_features_per_level, self.log2_hashmap_size)
+
+    def get_extra_state(self) -> dict:
+        """Saved with the table: the backend that wrote it and its geometry."""
+        return self.grid_record()
+
+    def set_extra_state(self, state: dict) -> None:
+        self.loaded_from = state.get("backend", self.backend)  # the backend a loaded table was trained on
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        from sjc3d.fields.portable import adopt_grid_state
+
+        adopt_grid_state(state_dict, prefix, self)  # a tcnn table becomes planes
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------- pieces (pure tensor math)
 
@@ -224,11 +264,10 @@ class HashGridEncoding(nn.Module):
         L, _, N = cell.shape
         nd, dt = self.n_dense, self.index_dtype
         terms = torch.empty(L, 3, 2, N, dtype=dt, device=cell.device)  # per-axis terms of both corners
-        if nd > 0:  # dense: row = i + j·R + k·R² + offset; the far corner is clamped onto the grid
+        if nd > 0:  # dense: row = (i + j·R + k·R²) mod n_rows + offset (the modulo comes below)
             mult = self.axis_mult[:nd, :, None]
             terms[:nd, :, 0] = cell[:nd] * mult
-            terms[:nd, :, 1] = torch.minimum(cell[:nd] + 1, self.max_vertex[:nd, None, None]) * mult
-            terms[:nd, 0] += self.row_offset[:nd, None, None].to(dt)
+            terms[:nd, :, 1] = (cell[:nd] + 1) * mult
         if nd < L:  # hashed: (i·π₁ ⊕ j·π₂ ⊕ k·π₃) mod T; (i+1)·π ≡ i·π + π, so corner 1 is one add
             primes = self.axis_mult[nd:, :, None]
             h0 = (cell[nd:] * primes) & self.hash_mask  # int64: the products exceed 32 bits
@@ -238,7 +277,11 @@ class HashGridEncoding(nn.Module):
         out = torch.empty(L, 2, 2, 2, N, dtype=dt, device=cell.device)
         tx, ty, tz = terms.unbind(1)  # [L, 2, N] each
         if nd > 0:
-            torch.add((tx[:nd, :, None] + ty[:nd, None])[:, :, :, None], tz[:nd, None, None], out=out[:nd])
+            dense = out[:nd]
+            torch.add((tx[:nd, :, None] + ty[:nd, None])[:, :, :, None], tz[:nd, None, None], out=dense)
+            # A corner at i = R (or j, k) wraps into the next row, as in tcnn (module doc).
+            dense.remainder_(self.level_rows[:nd, None, None, None, None].to(dt))
+            dense += self.row_offset[:nd, None, None, None, None].to(dt)
         if nd < L:
             torch.bitwise_xor((tx[nd:, :, None] ^ ty[nd:, None])[:, :, :, None], tz[nd:, None, None], out=out[nd:])
         return out.view(L, 8, N)
