@@ -146,18 +146,62 @@ def sample_poses(
     radius_range: tuple[float, float],
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    sampling: str = "elevation",
 ) -> SphericalPoses:
-    """Draw `n` cameras uniformly in elevation (degrees), azimuth (degrees) and radius.
+    """Draw `n` cameras in the given elevation (degrees), azimuth (degrees) and radius ranges.
 
-    Uniform in elevation degrees (not in solid angle): it is what the reference run does and it
-    keeps enough top-down views for a short fit.
+    sampling "elevation": uniform in elevation degrees and azimuth degrees.
+    sampling "reference": directions as the reference run's `pose.py` draws them — a point
+        uniform in the cube [−1, 1]³, normalised (not uniform on the sphere: denser toward the
+        cube's corners), kept when it falls in the elevation and azimuth ranges.
+    The radius is uniform in `radius_range` either way.  The draws use `generator` on the CPU
+    and reach `device` by a non-blocking copy, so sampling never waits for a GPU.
     """
 
-    def uniform(lo: float, hi: float) -> Tensor:
-        u = torch.rand(n, generator=generator)
-        return (lo + (hi - lo) * u).to(device)
+    def uniform(lo: float, hi: float, shape: tuple[int, ...] = (n,)) -> Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=generator)
 
-    return SphericalPoses(uniform(*elevation_range), uniform(*azimuth_range), uniform(*radius_range))
+    elevation, azimuth = uniform(*elevation_range), uniform(*azimuth_range)
+    radius = uniform(*radius_range)
+    if sampling == "reference":
+        elevation, azimuth = _reference_directions(n, elevation_range, azimuth_range, generator, elevation, azimuth)
+    elif sampling != "elevation":
+        raise ValueError(f"unknown camera sampling {sampling!r}")
+    return SphericalPoses(*(x.to(device, non_blocking=True) for x in (elevation, azimuth, radius)))
+
+
+def _reference_directions(
+    n: int, elevation_range: tuple[float, float], azimuth_range: tuple[float, float],
+    generator: torch.Generator | None, fallback_elevation: Tensor, fallback_azimuth: Tensor, n_candidates: int = 32,
+) -> tuple[Tensor, Tensor]:
+    """pose.py's rejection sampler, vectorised: the first accepted of `n_candidates` per camera.
+
+    pose.py loops until a draw is accepted; a fixed number of candidates keeps the amount of
+    randomness used per step constant (exact resumes).  With the default ranges about 60 % of
+    candidates are accepted, so a camera without one (probability ≈ 0.4³²) takes the fallback draw.
+    """
+    v = torch.rand(n, n_candidates, 3, generator=generator) * 2 - 1
+    v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    elevation = torch.rad2deg(torch.asin(v[..., 2].clamp(-1.0, 1.0)))
+    azimuth = torch.rad2deg(torch.atan2(v[..., 1], v[..., 0]))
+    (e_lo, e_hi), (a_lo, a_hi) = elevation_range, azimuth_range
+    accepted = (elevation >= e_lo) & (elevation <= e_hi) & (((azimuth - a_lo) % 360 <= a_hi - a_lo) | (a_hi - a_lo >= 360))
+    first = accepted.to(torch.uint8).argmax(dim=1)  # index of the first accepted candidate (0 if none)
+    rows = torch.arange(n)
+    found = accepted[rows, first]
+    return (torch.where(found, elevation[rows, first], fallback_elevation),
+            torch.where(found, azimuth[rows, first], fallback_azimuth))
+
+
+def near_cameras(c2w: Tensor, offset: float, generator: torch.Generator | None = None) -> Tensor:
+    """Cameras [B, 4, 4] whose centres are those of `c2w` moved by `offset` in a random direction.
+
+    Each new camera looks at the origin again (the reference run's `sample_near_eye`: a uniformly
+    random direction, norm 0.05 scene units).  The direction is drawn on the CPU from `generator`.
+    """
+    direction = torch.randn(c2w.shape[0], 3, generator=generator)
+    direction = torch.nn.functional.normalize(direction, dim=-1).to(c2w.device, c2w.dtype, non_blocking=True)
+    return look_at(c2w[:, :3, 3] + offset * direction)
 
 
 def zero123_pose(src_c2w: Tensor, dst_c2w: Tensor) -> Tensor:

@@ -47,9 +47,13 @@ class CameraConfig:
 
     fov_deg: float = 49.1  # full field of view across the image width
     radius: float = 2.0  # distance of the input camera to the origin
-    elevation_range: tuple[float, float] = (-10.0, 60.0)
+    # Training cameras as the reference's pose.py: radius 1.8-2.2 (the difference to `radius`
+    # reaches the model as Δradius), camera height z > -0.5 (elevation > -14.5° at R = 2), up to
+    # the top view; directions drawn in a cube and normalised ("reference") or uniform in degrees.
+    elevation_range: tuple[float, float] = (-14.5, 90.0)
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
-    radius_range: tuple[float, float] = (2.0, 2.0)
+    radius_range: tuple[float, float] = (1.8, 2.2)
+    sampling: Literal["reference", "elevation"] = "reference"
     resolution: int = 32  # side of the rendered training views (32 = latent size of 256²)
     input_resolution: int = 0  # side of the reference-view render; 0 = same as `resolution`
 
@@ -121,15 +125,23 @@ class SJCConfig:
 class LossConfig:
     """Reference-view loss and regularisers; `*_start` are fractions of `train.steps`."""
 
-    ref_rgb: float = 1e4  # reference run's view_weight
+    ref_rgb: float = 1e4  # reference run's view_weight: MSE of images on the [-1, 1] scale
+    ref_space: Literal["rgb", "latent"] = "rgb"  # latent field: decode the render (reference) | encode the input
     ref_mask: float = 1e3
     ref_every: int = 1  # apply the reference-view loss every n steps
     near_view: float = 1e4
-    near_view_degrees: float = 5.0  # perturbation of the near view
+    near_view_mode: Literal["reference", "input"] = "reference"  # L1 around each random view | MSE near the input view
+    near_view_offset: float = 0.05  # reference: camera centre moved by this distance (scene units)
+    near_view_degrees: float = 5.0  # input mode: elevation/azimuth jitter of the near view
     depth_smooth: float = 1e4
+    depth_smooth_mode: Literal["reference", "squared"] = "reference"  # L1 over a far background | squared, covered pixels
     depth_smooth_start: float = 0.5
+    depth_smooth_input: float = 0.1  # reference mode: input view at this fraction of depth_smooth, from step 1
+    background_depth: float = 10.0  # reference mode: depth of the background seen through empty space
     emptiness: float = 0.0
+    emptiness_form: Literal["zero123", "sjc"] = "zero123"  # -w/2·log(1 + s·w) | log(1 + s·w), per sample
     emptiness_scale: float = 10.0
+    emptiness_schedule: Literal["ramp", "step"] = "ramp"  # 1 + m·step/steps | ×m from emptiness_start
     emptiness_start: float = 0.5
     emptiness_multiplier: float = 20.0
     opacity: float = 0.0  # entropy of the accumulated opacity (pushes it to 0 or 1)
@@ -138,11 +150,13 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     steps: int = 10000
-    lr: float = 0.05
+    lr: float = 0.05  # MLP heads (and the grid when lr_grid = 0)
+    lr_grid: float = 0.0  # hash-grid tables; 0 = train.lr
     optimizer: Literal["adamax", "adam"] = "adamax"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     checkpoint_every: int = 1000
+    keep_checkpoints: int = 0  # also keep the last N checkpoints as checkpoints/step_<N>.pt (0 = last.pt only)
     preview_every: int = 1000
     log_every: int = 50
     preview_frames: int = 8  # views in the turntable strip
@@ -192,6 +206,9 @@ def _check(cfg: Config) -> None:
         ("sjc.weight", cfg.sjc.weight >= 0, "must be >= 0"),
         ("train.steps", cfg.train.steps >= 0, "must be >= 0"),
         ("train.lr", cfg.train.lr > 0, "must be positive"),
+        ("train.keep_checkpoints", cfg.train.keep_checkpoints >= 0, "must be >= 0"),
+        ("train.lr_grid", cfg.train.lr_grid >= 0, "must be >= 0 (0 = train.lr)"),
+        ("loss.near_view_offset", cfg.loss.near_view_offset > 0, "must be positive"),
         ("input.object_fraction", 0 < cfg.input.object_fraction <= 1, "must be in (0, 1]"),
         ("export.resolution", 8 <= cfg.export.resolution <= 1024, "must be in [8, 1024]"),
         ("export.texture_size", 16 <= cfg.export.texture_size <= 8192, "must be in [16, 8192]"),

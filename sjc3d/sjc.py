@@ -70,9 +70,10 @@ class NoiseDraw:
 def draw_noise(y: Tensor, sigmas: Tensor, t_min: int, t_max: int, generator: torch.Generator | None = None) -> NoiseDraw:
     """Pick t uniformly in [t_min, t_max] per sample (as the reference run) and perturb y."""
     n = y.shape[0]
-    t = torch.randint(t_min, t_max + 1, (n,), generator=generator).to(y.device)
+    # Drawn on the CPU (the generator's device), copied without waiting for the GPU.
+    t = torch.randint(t_min, t_max + 1, (n,), generator=generator).to(y.device, non_blocking=True)
     sigma = sigmas.to(y.device, y.dtype)[t]
-    noise = torch.randn(y.shape, generator=generator).to(y.device, y.dtype)
+    noise = torch.randn(y.shape, generator=generator).to(y.device, y.dtype, non_blocking=True)
     z = y.detach() + sigma.view(-1, *[1] * (y.dim() - 1)) * noise
     return NoiseDraw(t, sigma, noise, z)
 

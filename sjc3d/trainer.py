@@ -31,7 +31,7 @@ from sjc3d.image import InputView, save_png
 from sjc3d.priors.base import Prior
 from sjc3d.progress import ProgressBar
 from sjc3d.rundir import RunPaths, load_checkpoint, load_run_config, save_checkpoint
-from sjc3d.step import Stage, build_stage, train_step
+from sjc3d.step import Stage, build_stage, read_stats, train_step
 
 PREVIEW_ELEVATION = 15.0
 
@@ -164,11 +164,17 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
     log = MetricsLog(paths.metrics)
     bar = ProgressBar(total, "fit step", start, config.train.log_every, enabled=progress)
     t0 = time.perf_counter()
-    completed, stats = start, {}
+    completed, stats, info = start, {}, ""
     try:
         for step in range(start + 1, total + 1):
             try:
                 stats = train_step(stage, step)
+                # Statistics stay on the device (reading them is a host sync on a GPU) except on
+                # steps that log, checkpoint or end, or when a caller watches every step.
+                if (step % config.train.log_every == 0 or step == total or step % config.train.checkpoint_every == 0
+                        or on_step is not None or (stop is not None and stop.is_set())):
+                    stats = read_stats(stage, stats)
+                    info = f"loss {stats['loss']:.4g}  "
             except NonFiniteError as e:
                 last = f"{paths.last_checkpoint}" if paths.last_checkpoint.is_file() else "none written yet"
                 raise NonFiniteError(f"{e}; training stopped, last good checkpoint: {last}") from None
@@ -176,7 +182,7 @@ def fit(config: Config, image: Optional[Path], run_dir: Path, resume: bool = Fal
             rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
             if step % config.train.log_every == 0 or step == total:
                 log.write({"step": step, **stats, "it_per_s": rate, "time": elapsed_before + time.perf_counter() - t0})
-            bar.update(step, f"loss {stats['loss']:.4g}  {rate:.2f} it/s")
+            bar.update(step, f"{info}{rate:.2f} it/s")
             if step % config.train.checkpoint_every == 0 and step < total:
                 save_checkpoint(paths.last_checkpoint, checkpoint_state(stage, step, elapsed_before + time.perf_counter() - t0))
             if config.train.preview_every > 0 and step % config.train.preview_every == 0 and step < total:

@@ -14,7 +14,9 @@ Two ways to place samples, one way to composite them (nerfacc's quadrature, Max 
   With `skip_empty`, a coarse occupancy grid (pure PyTorch, `occ_resolution`³ cells,
   refreshed by `update`) marks the cells where the field has density; samples in other cells
   are not sent to the field (they keep σ = 0).  The grid is dilated by one cell so a surface
-  can still grow into its neighbourhood.  On a CPU this cuts the field queries several-fold.
+  can still grow into its neighbourhood.  On a CPU this cuts the field queries several-fold;
+  gathering the occupied samples is the path's one data-dependent size (a host sync on a GPU,
+  where the occupancy-grid path is used anyway).
 * Occupancy grid (CUDA, when nerfacc's extension loads): `nerfacc.OccGridEstimator` marches
   rays with a fixed step through cells that are marked occupied, skipping empty space and
   samples with α below `alpha_threshold`; `update(step)` refreshes the grid every
@@ -82,7 +84,7 @@ def composite(
     feats = nerfacc.accumulate_along_rays(weights, features, ray_indices, n_rays)
     opacity = nerfacc.accumulate_along_rays(weights, None, ray_indices, n_rays)
     depth = nerfacc.accumulate_along_rays(weights, t_samples[..., None], ray_indices, n_rays)
-    return RenderOutput(feats + (1.0 - opacity) * background, opacity, depth)
+    return RenderOutput(feats + (1.0 - opacity) * background, opacity, depth, weights.reshape(-1))
 
 
 def nerfacc_cuda_available() -> bool:
@@ -221,23 +223,16 @@ class VolumeRenderer(nn.Module):
     def _render_dense(
         self, rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, background: Tensor
     ) -> RenderOutput:
-        n_rays, c = rays_o.shape[0], self.n_channels
-        hit = t_far > t_near
-        # Only rays that meet the box are sampled; the rest keep opacity 0 and the background.
-        hit_idx = hit.nonzero().squeeze(-1)
-        o, d = rays_o[hit_idx], rays_d[hit_idx]
-        t_starts, t_ends, t_samples = stratified_intervals(t_near[hit_idx], t_far[hit_idx], self.cfg.n_samples, self.training)
-        points = o[:, None, :] + d[:, None, :] * t_samples[..., None]  # [n_hit, S, 3]
+        # A ray that misses the box gets intervals of length zero: its weights are exactly 0, so it
+        # keeps opacity 0 and the background.  Sampling every ray (instead of gathering the rays
+        # that hit) keeps the batch's size independent of the data: no host sync on a GPU.
+        t_far = torch.maximum(t_far, t_near)
+        t_starts, t_ends, t_samples = stratified_intervals(t_near, t_far, self.cfg.n_samples, self.training)
+        points = rays_o[:, None, :] + rays_d[:, None, :] * t_samples[..., None]  # [N, S, 3]
         sigmas, features = self._query(points)
         weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)
-        bg_hit = background[hit_idx] if background.dim() > 1 else background
-        part = composite(weights, features, t_samples, bg_hit)
-        if hit_idx.shape[0] == n_rays:
-            return part
-        feats = (background.expand(n_rays, c) if background.dim() == 1 else background).to(part.features.dtype)
-        feats = feats.index_put((hit_idx,), part.features)
-        zeros = torch.zeros(n_rays, 1, dtype=part.opacity.dtype, device=rays_o.device)
-        return RenderOutput(feats, zeros.index_put((hit_idx,), part.opacity), zeros.index_put((hit_idx,), part.depth))
+        out = composite(weights, features, t_samples, background)
+        return out if torch.is_grad_enabled() else RenderOutput(out.features, out.opacity, out.depth)
 
     def _render_occgrid(
         self, rays_o: Tensor, rays_d: Tensor, t_near: Tensor, t_far: Tensor, background: Tensor
@@ -258,7 +253,8 @@ class VolumeRenderer(nn.Module):
         weights, _, _ = nerfacc.render_weight_from_density(
             t_starts, t_ends, out.density, ray_indices=ray_indices, n_rays=n_rays
         )
-        return composite(weights, out.features, t_mid, background, ray_indices, n_rays)
+        render = composite(weights, out.features, t_mid, background, ray_indices, n_rays)
+        return render if torch.is_grad_enabled() else RenderOutput(render.features, render.opacity, render.depth)
 
     def _occupancy(self, x: Tensor) -> Tensor:
         """Occupancy of grid cells for nerfacc: σ · step size (≈ α of one march step)."""
