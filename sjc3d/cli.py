@@ -93,7 +93,7 @@ def fit_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (train.steps)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default outputs/<stem>/<time>)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
-    prior: Optional[str] = typer.Option(None, "--prior", help="Hub id, folder, .ckpt or oracle:MESH."),
+    prior: Optional[str] = typer.Option(None, "--model", "--prior", help="Model: hub id, folder, .ckpt or oracle:MESH (prior.source)."),
     elevation: Optional[float] = typer.Option(None, "--elevation", help="Elevation of the input view (deg)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default auto)."),
 ) -> None:
@@ -181,7 +181,7 @@ def views_cmd(
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
     guidance: float = typer.Option(3.0, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs/views/<stem>/<time>)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default auto)."),
 ) -> None:
     """Sample novel views of the input from the Zero-1-to-3 prior alone."""
@@ -192,6 +192,23 @@ def views_cmd(
         views_command(image=image, azimuth=azimuth, elevation_delta=elevation_delta, radius_delta=radius_delta,
                       input_elevation=input_elevation, model=model, steps=steps, guidance=guidance, seed=seed,
                       out=out, device=device)
+
+    guarded(run)
+
+
+@app.command("train-prior")
+def train_prior_cmd(
+    args: Optional[List[str]] = typer.Argument(None, help="CONFIG (name in configs/prior/ or a YAML path) and key=value overrides."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the training run in this directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default outputs/prior/<config>)."),
+) -> None:
+    """Train (or fine-tune) a view-conditioned Zero-1-to-3-style prior; runs under `accelerate launch` too."""
+
+    def run() -> None:
+        from sjc3d.train_prior.command import train_prior_command
+
+        config, overrides = split_positionals(args, "config")
+        train_prior_command(config=config, overrides=overrides, resume=resume, out=out)
 
     guarded(run)
 

@@ -1,0 +1,132 @@
+"""Configuration of `sjc3d train-prior`, built like the fit's (sjc3d/config.py): defaults ←
+`configs/prior/<name>.yaml` ← `key=value` overrides, every key and value checked.
+
+The defaults describe the shipped toy model (`configs/prior/toy.yaml` only names them): 64²
+views of procedural objects, a factor-4 autoencoder (16² latents), a 5.6 M-parameter UNet with
+attention at its lowest level only, and a small CLIP-style image encoder trained with it — the
+sizes that train in under an hour on two CPU cores (../shared/notes/learned-prior-sizing.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field as _default
+from typing import Literal
+
+from sjc3d.config import CONFIGS_DIR, build_config
+from sjc3d.errors import ConfigError
+
+PRIOR_CONFIGS_DIR = CONFIGS_DIR / "prior"
+
+
+@dataclass
+class DataConfig:
+    """Where the paired views come from."""
+
+    root: str = ""  # a Zero-1-to-3 layout folder (object folders of NNN.png + NNN.npy); "" = procedural
+    procedural_objects: int = 2000  # objects `make-views` renders when `root` is ""
+    procedural_views: int = 12  # views per object (Zero-1-to-3's renders have 12)
+    procedural_seed: int = 0
+    procedural_cache: str = "outputs/prior/data"  # the procedural views are written (once) below this folder
+    held_out_objects: int = 16  # objects kept out of training: validation loss and sample grids
+
+
+@dataclass
+class ModelConfig:
+    """A new model's sizes, or the model to fine-tune (`init_from`)."""
+
+    init_from: str = ""  # hub id | diffusers folder | .ckpt to fine-tune; "" = a new model of these sizes
+    image_encoder: str = ""  # CLIP encoder for an `init_from` .ckpt (default: prior.image_encoder's)
+    image_size: int = 64  # side of the training views (the real model: 256)
+    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (32, 64, 64)  # one entry per level: latent factor 2^(levels − 1)
+    vae_layers: int = 1
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_layers: int = 2
+    unet_cross_attention: tuple[bool, ...] = (False, False, True)  # per level, highest resolution first
+    attention_head_dim: int = 8
+    embedding_dim: int = 128  # image embedding = cross-attention width (the real model: 768)
+    clip_width: int = 128
+    clip_layers: int = 3
+    clip_heads: int = 4
+    clip_patch: int = 8
+    clip_image_size: int = 64  # the real model: 224
+
+
+@dataclass
+class AutoencoderConfig:
+    """Stage 1: the KL autoencoder, trained first and then frozen (as latent diffusion does)."""
+
+    steps: int = 1200
+    batch: int = 16
+    crop: int = 32  # train on random crops around the object (the autoencoder is convolutional); 0 = whole views
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class DiffusionConfig:
+    """Stage 2: the view-conditioned UNet (with the image encoder and the pose projection)."""
+
+    steps: int = 2000
+    batch: int = 32  # global batch, split evenly across processes
+    lr: float = 3e-4
+    warmup: int = 100  # linear learning-rate warm-up steps, then constant (as the original)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    ema_decay: float = 0.999
+    uncond: float = 0.05  # classifier-free dropout unit: image only, both, concat only — each this often
+    null_context: Literal["zeros", "original"] = "zeros"  # what a dropped image becomes (see diffusion.py)
+    train_image_encoder: bool = True  # a new model learns its encoder; fine-tuning usually keeps it frozen
+
+
+@dataclass
+class RunConfig:
+    out: str = ""  # run directory; "" = outputs/prior/<config name>
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 250
+    log_every: int = 10
+    sample_every: int = 500  # sample grids of held-out objects (0 = only at the end)
+    samples: int = 6  # held-out pairs in a sample grid
+    sample_steps: int = 50  # DDIM steps of the grids
+    sample_guidance: float = 3.0
+    weights_dtype: Literal["float32", "float16"] = "float16"  # of the exported safetensors
+
+
+@dataclass
+class PriorTrainingConfig:
+    data: DataConfig = _default(default_factory=DataConfig)
+    model: ModelConfig = _default(default_factory=ModelConfig)
+    autoencoder: AutoencoderConfig = _default(default_factory=AutoencoderConfig)
+    diffusion: DiffusionConfig = _default(default_factory=DiffusionConfig)
+    run: RunConfig = _default(default_factory=RunConfig)
+
+
+def check_training_config(cfg: PriorTrainingConfig) -> None:
+    from sjc3d.train_prior.model import check_model_config
+
+    rules = [
+        ("data.procedural_objects", cfg.data.procedural_objects > cfg.data.held_out_objects >= 1,
+         "needs more objects than data.held_out_objects (>= 1)"),
+        ("data.procedural_views", cfg.data.procedural_views >= 2, "needs at least 2 views per object (pairs)"),
+        ("autoencoder.steps", cfg.autoencoder.steps >= 0, "must be >= 0"),
+        ("diffusion.steps", cfg.diffusion.steps >= 0, "must be >= 0"),
+        ("diffusion.batch", cfg.diffusion.batch >= 1, "must be >= 1"),
+        ("autoencoder.batch", cfg.autoencoder.batch >= 1, "must be >= 1"),
+        ("diffusion.uncond", 0 <= cfg.diffusion.uncond <= 1 / 3, "must be in [0, 1/3] (three dropout cases)"),
+        ("diffusion.ema_decay", 0 <= cfg.diffusion.ema_decay < 1, "must be in [0, 1)"),
+        ("run.checkpoint_every", cfg.run.checkpoint_every >= 1, "must be >= 1"),
+        ("run.log_every", cfg.run.log_every >= 1, "must be >= 1"),
+    ]
+    if not cfg.model.init_from:
+        rules += check_model_config(cfg.model)
+    for key, ok, why in rules:
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
+
+
+def load_training_config(name: str, overrides: list[str] | tuple = (), base: dict | None = None) -> PriorTrainingConfig:
+    """`name` is a YAML path or a bare name in configs/prior/ (e.g. `toy`)."""
+    return build_config(PriorTrainingConfig, [name] if name else [], overrides, base, check=check_training_config,
+                        folder=PRIOR_CONFIGS_DIR)

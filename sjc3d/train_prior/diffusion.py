@@ -1,0 +1,134 @@
+"""Stage 2: the view-conditioned latent-diffusion objective of Zero-1-to-3, as pure functions.
+
+For a pair of views (x_cond, x_target) of one object with relative pose T (DESIGN.md §4):
+
+    z = E(x_target)·s                        scaled target latent (s = the VAE's scaling factor)
+    c_concat = mode E(x_cond)                unscaled, concatenated to the noisy latent
+    c_cross  = P([CLIP(x_cond) ‖ T])         one context token, P the (D + 4) → D projection
+    min_θ E_{t, ε} ‖ε − ε_θ(√ᾱ_t·z + √(1−ᾱ_t)·ε, t, c_concat, c_cross)‖²
+
+Classifier-free guidance needs the model to also predict without its conditioning.  The
+original (zero123 `LatentDiffusion.get_input`, uncond = 0.05) draws r ~ U[0, 1) per sample:
+
+    r < u        drop the image embedding only
+    u ≤ r < 2u   drop the image embedding and the concat latent
+    2u ≤ r < 3u  drop the concat latent only
+
+A dropped concat latent is zero.  A dropped image embedding is, in the original, a zero CLIP
+embedding that is still concatenated with T and projected (`null_context="original"`).  At
+sampling time, though, the original and every public pipeline build the unconditional branch
+from a zero context *after* the projection (DESIGN.md §4, `Zero123Prior.predict_noise`), which
+that training never shows the network.  `null_context="zeros"` (the default) trains exactly the
+branch that inference uses: a dropped image makes the whole context zero.
+
+Every random draw of a step comes from one generator seeded by (seed, step) and is made for
+the whole global batch; each process then takes its slice.  So the samples, noise and dropout
+of step k do not depend on the number of processes, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sjc3d.cameras import zero123_pose
+from sjc3d.priors.zero123 import clip_preprocess
+
+
+@dataclass
+class PairBatch:
+    """One step's draws for the global batch (B pairs)."""
+
+    cond: Tensor  # [B] long, view index of the conditioning view
+    target: Tensor  # [B] long, view index of the target view
+    t: Tensor  # [B] long, diffusion timesteps
+    noise: Tensor  # [B, c, h, w] standard normal ε
+    r: Tensor  # [B] uniform draws of the classifier-free dropout
+
+    def slice(self, start: int, stop: int) -> "PairBatch":
+        return PairBatch(*(x[start:stop] for x in (self.cond, self.target, self.t, self.noise, self.r)))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of step `step`: a pure function of (seed, step)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def draw_pairs(view_offsets: Tensor, objects: Tensor, batch: int, latent_shape: tuple[int, int, int],
+               n_timesteps: int, generator: torch.Generator) -> PairBatch:
+    """Draw `batch` (cond, target) pairs of distinct views of random training objects.
+
+    view_offsets: [n_objects + 1] long, object k owns views view_offsets[k] : view_offsets[k + 1].
+    objects: [m] long, the objects to draw from (the training split).
+    """
+    obj = objects[torch.randint(len(objects), (batch,), generator=generator)]
+    first, count = view_offsets[obj], view_offsets[obj + 1] - view_offsets[obj]
+    a = (torch.rand(batch, generator=generator) * count).long().clamp_max(count - 1)
+    # A second, different view: shift by 1 … count−1 (zero123 samples two distinct views too).
+    shift = 1 + (torch.rand(batch, generator=generator) * (count - 1)).long().clamp_max(count - 2)
+    b = (a + shift) % count
+    t = torch.randint(n_timesteps, (batch,), generator=generator)
+    noise = torch.randn((batch, *latent_shape), generator=generator)
+    r = torch.rand(batch, generator=generator)
+    return PairBatch(first + a, first + b, t, noise, r)
+
+
+def dropout_masks(r: Tensor, uncond: float) -> tuple[Tensor, Tensor]:
+    """(drop_image [B] bool, drop_concat [B] bool) from the original's three 5 % cases."""
+    drop_image = r < 2 * uncond
+    drop_concat = (r >= uncond) & (r < 3 * uncond)
+    return drop_image, drop_concat
+
+
+def relative_poses(c2w: Tensor, cond: Tensor, target: Tensor) -> Tensor:
+    """Zero-1-to-3 pose embeddings [B, 4] of the target views seen from the conditioning views."""
+    return zero123_pose(c2w[cond], c2w[target])
+
+
+def cross_attention_context(image_encoder, projection, cond_images: Tensor, pose: Tensor, drop_image: Tensor,
+                            null_context: str) -> Tensor:
+    """Context [B, 1, D] = P([CLIP(x_cond) ‖ T]) with the dropped rows nulled (see the module doc).
+
+    cond_images: [B, 3, S, S] in [−1, 1]; pose: [B, 4]; drop_image: [B] bool.
+    """
+    size = int(image_encoder.config.image_size)
+    embedding = image_encoder(pixel_values=clip_preprocess(cond_images, size)).image_embeds  # [B, D]
+    keep = (~drop_image).to(embedding.dtype)[:, None]
+    if null_context == "original":
+        return projection(torch.cat([embedding * keep, pose.to(embedding.dtype)], dim=-1))[:, None, :]
+    context = projection(torch.cat([embedding, pose.to(embedding.dtype)], dim=-1))
+    return (context * keep)[:, None, :]
+
+
+def noisy_latents(z0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """x_t = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε (DDPM forward process); ᾱ [T] float64."""
+    a = alphas_cumprod.to(z0.device)[t].float().view(-1, 1, 1, 1)
+    return a.sqrt() * z0 + (1 - a).sqrt() * noise
+
+
+def diffusion_loss(unet, x_t: Tensor, concat: Tensor, t: Tensor, context: Tensor, noise: Tensor) -> Tensor:
+    """‖ε − ε_θ(x_t ‖ c_concat, t, c_cross)‖², averaged over the batch and latent elements."""
+    prediction = unet(torch.cat([x_t, concat], dim=1), t, encoder_hidden_states=context).sample
+    return F.mse_loss(prediction.float(), noise.float())
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Warm-up of the EMA decay, min(decay, (1 + n)/(10 + n)): early averages forget the random init."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def ema_update(average: list[Tensor], current: list[Tensor], decay: float) -> None:
+    """average ← decay·average + (1 − decay)·current, in place, tensor by tensor."""
+    torch._foreach_lerp_(average, current, 1.0 - decay)
+
+
+def learning_rate_scale(step: int, warmup: int) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then constant (the original's LambdaLinearScheduler)."""
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
