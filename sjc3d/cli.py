@@ -41,14 +41,17 @@ def main(
 
 
 def guarded(run: Callable[[], object]) -> None:
-    """Run a command body; a UserError becomes `error: <one line>` and its exit code."""
+    """Run a command body; a UserError becomes `error: <one line>` and its exit code.
+
+    (`stopped: <one line>` for a preempted job, whose checkpoint is written: see preemption.py.)
+    """
     from sjc3d.errors import UserError
 
     try:
         run()
     except UserError as e:
         message = " ".join(str(e).split())
-        typer.echo(f"error: {message}", err=True)
+        typer.echo(f"{getattr(e, 'label', 'error')}: {message}", err=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -221,6 +224,7 @@ def sweep_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (or RAY_ADDRESS)."),
     gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs requested per Ray task."),
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep directory (default outputs/sweeps/<name>)."),
+    retries: int = typer.Option(3, "--retries", help="Ray: retries of a trial whose worker died (resumes its checkpoint)."),
 ) -> None:
     """Run an experiment sweep from a config file, locally or on Ray."""
 
@@ -228,7 +232,7 @@ def sweep_cmd(
         from sjc3d.sweep import sweep_command
 
         sweep_command(sweep_file=sweep_file, dry_run=dry_run, executor=executor, address=address,
-                      gpus_per_trial=gpus_per_trial, out=out)
+                      gpus_per_trial=gpus_per_trial, out=out, retries=retries)
 
     guarded(run)
 

@@ -60,18 +60,23 @@ def read_rgba(path: str | Path, cfg: InputConfig) -> np.ndarray:
 
 
 def remove_background(image: Image.Image, path: Path, cfg: InputConfig) -> Image.Image:
-    """RGB without alpha: cut the object out with the optional `rembg` package, or refuse.
+    """RGB without alpha → RGBA with the object cut out (sjc3d/background.py), or refuse.
 
-    `input.remove_background`: auto = use rembg when it is installed; yes = require it; no = refuse.
+    `input.remove_background`: auto = a plain background is flood-filled away, any other goes
+    to rembg when it is installed; yes = always rembg; no = refuse RGB inputs.
     """
-    how = "pip install rembg, or give an RGBA image with a transparent background"
+    from sjc3d.background import plain_background_alpha, rembg_cutout
+
     if cfg.remove_background == "no":
         raise InputError(f"{path} has no alpha channel: give an RGBA image with a transparent background")
-    try:
-        import rembg  # optional dependency
-    except ImportError:
-        raise InputError(f"{path} has no alpha channel and no background remover is installed: {how}") from None
-    return rembg.remove(image).convert("RGBA")
+    if cfg.remove_background == "yes":
+        return rembg_cutout(image, path, why="input.remove_background=yes asks for rembg")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    alpha = plain_background_alpha(rgb)
+    if alpha is None:
+        return rembg_cutout(image, path, why="its background is not a plain colour")
+    rgba = np.dstack([rgb, alpha])
+    return Image.fromarray((rgba * 255.0 + 0.5).astype(np.uint8))  # 4 channels: RGBA
 
 
 def object_box(alpha: np.ndarray) -> tuple[int, int, int, int]:

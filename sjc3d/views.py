@@ -10,6 +10,7 @@ convention lives in one place; a positive --elevation-delta moves the camera up.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -88,10 +89,18 @@ def grid(images: list[Tensor]) -> Tensor:
     return torch.cat(row, dim=1)
 
 
+def default_out(image: Path) -> Path:
+    """outputs/views/<image stem>/<time>: a fresh folder per run, like `sjc3d fit`'s run directories."""
+    return Path("outputs") / "views" / Path(image).stem / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delta: float, input_elevation: float,
-                  model: Optional[str], steps: int, guidance: float, seed: int, out: Path,
+                  model: Optional[str], steps: int, guidance: float, seed: int, out: Optional[Path],
                   device: Optional[str]) -> list[Path]:
-    """Sample the views, write one PNG per view plus grid.png (input + views); return the paths."""
+    """Sample the views, write one PNG per view plus grid.png (input + views); return the paths.
+
+    out: the folder to write (default `default_out(image)`).
+    """
     from sjc3d.image import load_input_view, resize_images, save_png
     from sjc3d.priors.zero123 import load_zero123
 
@@ -103,7 +112,7 @@ def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delt
     radius = CameraConfig().radius
     if radius + radius_delta <= 0:
         raise ConfigError(f"--radius-delta {radius_delta}: the camera would be at radius {radius + radius_delta:g} <= 0")
-    out = Path(out)
+    out = Path(out) if out is not None else default_out(image)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     torch_device = resolve_device(device or "auto", setting="--device")

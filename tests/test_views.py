@@ -93,6 +93,20 @@ def test_views_cli_runs_on_a_tiny_model(object_png, tiny_zero123, tmp_path):
     assert (out / "az045_el+10_r+0.00.png").is_file() and (out / "grid.png").is_file()
 
 
+def test_views_cli_writes_under_outputs_views_by_default(object_png, tiny_zero123, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sjc3d.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["views", str(object_png), "--model", str(tiny_zero123["ccp"]), "--azimuth", "90",
+                                      "--steps", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    runs = list((tmp_path / "outputs" / "views" / "object").iterdir())
+    assert len(runs) == 1 and (runs[0] / "grid.png").is_file() and (runs[0] / "az090_el+00_r+0.00.png").is_file()
+    assert str(Path("outputs") / "views" / "object" / runs[0].name) in result.output  # it says where
+
+
 @pytest.mark.parametrize("args, match", [
     (dict(azimuth="left"), "--azimuth"),
     (dict(steps=0), "--steps"),
