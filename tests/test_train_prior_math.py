@@ -1,0 +1,120 @@
+"""The pure functions of `sjc3d train-prior`: pair draws, classifier-free dropout, conditioning, EMA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sjc3d.cameras import spherical_to_c2w, zero123_pose
+from sjc3d.train_prior import autoencoder as ae
+from sjc3d.train_prior import diffusion as dm
+
+
+def offsets(counts: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()])
+
+
+def test_pairs_are_two_different_views_of_one_training_object():
+    views_per_object = offsets([3, 2, 5, 4])
+    objects = torch.tensor([0, 2, 3])  # object 1 is held out
+    draw = dm.draw_pairs(views_per_object, objects, 4000, (4, 2, 2), 1000, torch.Generator().manual_seed(0))
+    owner_cond = torch.searchsorted(views_per_object, draw.cond, right=True) - 1
+    owner_target = torch.searchsorted(views_per_object, draw.target, right=True) - 1
+    assert torch.equal(owner_cond, owner_target)
+    assert not torch.isin(owner_cond, torch.tensor([1])).any()
+    assert (draw.cond != draw.target).all()
+    # every ordered pair of object 2's five views is drawn, roughly equally often
+    in_two = owner_cond == 2
+    pairs = torch.stack([draw.cond[in_two], draw.target[in_two]], 1).unique(dim=0)
+    assert len(pairs) == 5 * 4
+    assert draw.t.min() >= 0 and draw.t.max() <= 999 and draw.noise.shape == (4000, 4, 2, 2)
+
+
+def test_a_step_draws_the_same_global_batch_whatever_the_slices():
+    views_per_object = offsets([4] * 10)
+    objects = torch.arange(10)
+    whole = dm.draw_pairs(views_per_object, objects, 8, (4, 2, 2), 1000, dm.step_generator(3, 17))
+    again = dm.draw_pairs(views_per_object, objects, 8, (4, 2, 2), 1000, dm.step_generator(3, 17))
+    halves = [again.slice(0, 4), again.slice(4, 8)]
+    for name in ("cond", "target", "t", "noise", "r"):
+        assert torch.equal(getattr(whole, name), torch.cat([getattr(h, name) for h in halves]))
+    other = dm.draw_pairs(views_per_object, objects, 8, (4, 2, 2), 1000, dm.step_generator(3, 18))
+    assert not torch.equal(whole.noise, other.noise)
+
+
+def test_dropout_cases_follow_the_original_split():
+    r = torch.tensor([0.01, 0.049, 0.05, 0.09, 0.10, 0.149, 0.15, 0.9])
+    drop_image, drop_concat = dm.dropout_masks(r, 0.05)
+    assert drop_image.tolist() == [True, True, True, True, False, False, False, False]
+    assert drop_concat.tolist() == [False, False, True, True, True, True, False, False]
+    r = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    drop_image, drop_concat = dm.dropout_masks(r, 0.05)
+    for share in ((drop_image & ~drop_concat), (drop_image & drop_concat), (~drop_image & drop_concat)):
+        assert share.float().mean().item() == pytest.approx(0.05, abs=0.003)
+
+
+class Encoder(torch.nn.Module):
+    """Stands for CLIP: embeds the mean colour, so the context depends on the image."""
+
+    class config:  # noqa: N801  (mimics a transformers config)
+        image_size = 8
+
+    def forward(self, pixel_values):
+        class Out:
+            image_embeds = pixel_values.mean(dim=(2, 3))
+
+        return Out()
+
+
+def test_null_context_zeros_matches_what_inference_uses_and_original_keeps_the_pose():
+    projection = torch.nn.Linear(3 + 4, 3)
+    images = torch.rand(3, 3, 8, 8) * 2 - 1
+    pose = torch.randn(3, 4)
+    drop = torch.tensor([False, True, True])
+    zeros = dm.cross_attention_context(Encoder(), projection, images, pose, drop, "zeros")
+    assert zeros.shape == (3, 1, 3)
+    assert torch.equal(zeros[1:], torch.zeros(2, 1, 3))  # the unconditional branch of Zero123Prior
+    assert zeros[0].abs().sum() > 0
+    original = dm.cross_attention_context(Encoder(), projection, images, pose, drop, "original")
+    expected = projection(torch.cat([torch.zeros(2, 3), pose[1:]], -1))  # zero embedding, pose kept
+    assert torch.allclose(original[1:, 0], expected)
+    assert torch.allclose(original[0], zeros[0])
+
+
+def test_relative_poses_are_the_engine_embedding():
+    c2w = spherical_to_c2w(torch.tensor([10.0, 30.0, -5.0]), torch.tensor([0.0, 90.0, 200.0]), torch.tensor([1.6, 2.0, 2.2]))
+    pose = dm.relative_poses(c2w, torch.tensor([0, 2]), torch.tensor([1, 0]))
+    assert torch.allclose(pose[0], zero123_pose(c2w[0], c2w[1]))
+    assert torch.allclose(pose[0], torch.tensor([math.radians(-20.0), 1.0, 0.0, 0.4]), atol=1e-5)
+
+
+def test_noisy_latents_follow_the_ddpm_forward_process():
+    from sjc3d.sjc import ddpm_alphas_cumprod
+
+    alphas = ddpm_alphas_cumprod()
+    z0, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    x = dm.noisy_latents(z0, noise, torch.tensor([0, 999]), alphas)
+    a0, a1 = alphas[0].item(), alphas[999].item()
+    assert torch.allclose(x[0], math.sqrt(a0) * z0[0] + math.sqrt(1 - a0) * noise[0], atol=1e-6)
+    assert torch.allclose(x[1], math.sqrt(a1) * z0[1] + math.sqrt(1 - a1) * noise[1], atol=1e-6)
+
+
+def test_ema_warms_up_and_then_averages():
+    assert dm.ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert dm.ema_decay_at(10_000, 0.999) == 0.999
+    average, current = [torch.zeros(3)], [torch.ones(3)]
+    dm.ema_update(average, current, 0.9)
+    assert torch.allclose(average[0], torch.full((3,), 0.1))
+    assert dm.learning_rate_scale(0, 100) == pytest.approx(0.01) and dm.learning_rate_scale(500, 100) == 1.0
+
+
+def test_object_crops_stay_on_the_object_and_scaling_gives_unit_variance():
+    images = torch.ones(4, 3, 32, 32)
+    images[:, :, 20:24, 4:8] = -1.0  # a small dark object in the lower left
+    crops = ae.object_crops(images, 8, torch.Generator().manual_seed(0))
+    assert crops.shape == (4, 3, 8, 8)
+    assert ((crops < 0).flatten(1).any(1)).all()  # every window sees part of the object
+    latents = 3.0 * torch.randn(1000, 4, 2, 2)
+    assert (latents * ae.scaling_factor(latents)).std().item() == pytest.approx(1.0, rel=1e-3)
