@@ -20,10 +20,41 @@ def test_defaults_follow_the_reference_run():
     assert (cfg.sjc.t_min, cfg.sjc.t_max) == (10, 969)
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} → {"train.lr": 1}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _same(written, resolved) -> bool:
+    """A preset's YAML value against the typed config's (1e4 is a string to YAML, lists become tuples)."""
+    if isinstance(written, (list, tuple)) and isinstance(resolved, (list, tuple)):
+        return len(written) == len(resolved) and all(_same(w, r) for w, r in zip(written, resolved))
+    if isinstance(resolved, (int, float)) and not isinstance(resolved, bool) and not isinstance(written, bool):
+        try:
+            return float(written) == float(resolved)
+        except (TypeError, ValueError):
+            return False
+    if isinstance(written, str) and isinstance(resolved, str) and written != resolved:
+        return resolved.endswith(written.lstrip("./"))  # a shipped path resolved from the project root
+    return written == resolved
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_every_preset_loads(preset):
-    cfg = load_config([preset])
-    assert isinstance(cfg, Config)
+def test_every_preset_loads_and_every_key_it_sets_takes_effect(preset):
+    import yaml
+
+    written = _leaves(yaml.safe_load(preset.read_text()) or {})
+    assert written, f"{preset.name} sets nothing"
+    resolved = _leaves(config_to_dict(load_config([preset])))
+    for key, value in written.items():  # (the reference preset pins the defaults: nothing to compare those to)
+        assert key in resolved, f"{preset.name}: {key} is not a config key"
+        assert _same(value, resolved[key]), f"{preset.name}: {key}={value!r} resolved to {resolved[key]!r}"
 
 
 def test_presets_exist():
