@@ -11,7 +11,8 @@ numbers:
     zero123.ckpt     the original LDM checkpoint: model.diffusion_model.* holds *other*
              (non-EMA) weights and model_ema.* the real ones, so only an EMA-aware loader
              matches the folders; first_stage_model.*, cc_projection.*, and a pickled
-             object whose unpickling would record itself (it must never run)
+             object whose unpickling would record itself (it must never run).  Its LDM key
+             names come from tables written by hand below, not from sjc3d's own name map.
     sd-image-variations/image_encoder/   the CLIP image encoder a .ckpt is paired with
 
 The published configuration files (../shared/zero123/) are copied verbatim; the network sizes
@@ -27,8 +28,6 @@ import shutil
 from pathlib import Path
 
 import torch
-
-from sjc3d.priors import ckpt as ldm
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "zero123"
 LAYOUTS = ("cc", "ccp", "stable", "ckpt")
@@ -179,38 +178,135 @@ def write_diffusers_folder(models: dict, folder: Path, layout: str) -> Path:
     return folder
 
 
-def to_ldm_unet(state: dict, config: dict) -> dict:
-    """Diffusers UNet tensors under their LDM names (the inverse of the loader's conversion)."""
-    up_attention = ["CrossAttn" in t for t in config["up_block_types"]]
-    return {ldm.unet_ldm_name(k, config["layers_per_block"], up_attention): v for k, v in state.items()}
+# ----------------------------------------------------------------------------- LDM names, by hand
+#
+# The tiny models' tensors under the names the original latent-diffusion code gives them, written
+# out from that code (ldm/modules/diffusionmodules/openaimodel.py UNetModel, model.py Encoder /
+# Decoder) for exactly this architecture — deliberately *not* derived from sjc3d.priors.ckpt, so
+# that loading the .ckpt checks the loader's name map against an independent source.
+#
+# UNet (model_channels 32, channel_mult (1, 2), num_res_blocks 1, attention at level 0):
+#   input_blocks:  0 conv_in | 1 [ResBlock, SpatialTransformer] | 2 [Downsample .op] | 3 [ResBlock 32→64]
+#   middle_block:  0 ResBlock | 1 SpatialTransformer | 2 ResBlock
+#   output_blocks: 0 [ResBlock] | 1 [ResBlock, Upsample] | 2 [ResBlock, ST] | 3 [ResBlock, ST]
+#   ResBlock: in_layers = (GroupNorm, SiLU, conv), emb_layers = (SiLU, Linear),
+#             out_layers = (GroupNorm, SiLU, Dropout, conv), skip_connection when channels change.
+LDM_UNET_BLOCKS = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "down_blocks.0.resnets.0": "input_blocks.1.0",
+    "down_blocks.0.attentions.0": "input_blocks.1.1",
+    "down_blocks.0.downsamplers.0.conv": "input_blocks.2.0.op",
+    "down_blocks.1.resnets.0": "input_blocks.3.0",
+    "mid_block.resnets.0": "middle_block.0",
+    "mid_block.attentions.0": "middle_block.1",
+    "mid_block.resnets.1": "middle_block.2",
+    "up_blocks.0.resnets.0": "output_blocks.0.0",
+    "up_blocks.0.resnets.1": "output_blocks.1.0",
+    "up_blocks.0.upsamplers.0.conv": "output_blocks.1.1.conv",
+    "up_blocks.1.resnets.0": "output_blocks.2.0",
+    "up_blocks.1.attentions.0": "output_blocks.2.1",
+    "up_blocks.1.resnets.1": "output_blocks.3.0",
+    "up_blocks.1.attentions.1": "output_blocks.3.1",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+LDM_RESBLOCK = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+
+# VAE (4 levels, 1 res block per encoder level, 2 per decoder level).  LDM's decoder numbers
+# `up` by resolution (up.0 = full resolution, run last); diffusers' up_blocks run in order.
+LDM_VAE_BLOCKS = {
+    "encoder.conv_in": "encoder.conv_in",
+    "encoder.down_blocks.0.resnets.0": "encoder.down.0.block.0",
+    "encoder.down_blocks.0.downsamplers.0.conv": "encoder.down.0.downsample.conv",
+    "encoder.down_blocks.1.resnets.0": "encoder.down.1.block.0",
+    "encoder.down_blocks.1.downsamplers.0.conv": "encoder.down.1.downsample.conv",
+    "encoder.down_blocks.2.resnets.0": "encoder.down.2.block.0",
+    "encoder.down_blocks.2.downsamplers.0.conv": "encoder.down.2.downsample.conv",
+    "encoder.down_blocks.3.resnets.0": "encoder.down.3.block.0",
+    "encoder.mid_block.resnets.0": "encoder.mid.block_1",
+    "encoder.mid_block.attentions.0": "encoder.mid.attn_1",
+    "encoder.mid_block.resnets.1": "encoder.mid.block_2",
+    "encoder.conv_norm_out": "encoder.norm_out",
+    "encoder.conv_out": "encoder.conv_out",
+    "decoder.conv_in": "decoder.conv_in",
+    "decoder.mid_block.resnets.0": "decoder.mid.block_1",
+    "decoder.mid_block.attentions.0": "decoder.mid.attn_1",
+    "decoder.mid_block.resnets.1": "decoder.mid.block_2",
+    "decoder.up_blocks.0.resnets.0": "decoder.up.3.block.0",
+    "decoder.up_blocks.0.resnets.1": "decoder.up.3.block.1",
+    "decoder.up_blocks.0.upsamplers.0.conv": "decoder.up.3.upsample.conv",
+    "decoder.up_blocks.1.resnets.0": "decoder.up.2.block.0",
+    "decoder.up_blocks.1.resnets.1": "decoder.up.2.block.1",
+    "decoder.up_blocks.1.upsamplers.0.conv": "decoder.up.2.upsample.conv",
+    "decoder.up_blocks.2.resnets.0": "decoder.up.1.block.0",
+    "decoder.up_blocks.2.resnets.1": "decoder.up.1.block.1",
+    "decoder.up_blocks.2.upsamplers.0.conv": "decoder.up.1.upsample.conv",
+    "decoder.up_blocks.3.resnets.0": "decoder.up.0.block.0",
+    "decoder.up_blocks.3.resnets.1": "decoder.up.0.block.1",
+    "decoder.conv_norm_out": "decoder.norm_out",
+    "decoder.conv_out": "decoder.conv_out",
+    "quant_conv": "quant_conv",
+    "post_quant_conv": "post_quant_conv",
+}
+LDM_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+LDM_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}  # 1×1 convs
 
 
-def to_ldm_vae(state: dict, config: dict) -> dict:
+def _ldm_name(key: str, blocks: dict[str, str], inner: dict[str, str]) -> str:
+    """A diffusers key under its LDM name: its block renamed by `blocks`, the layer in it by `inner`."""
+    block = max((b for b in blocks if key.startswith(b + ".")), key=len, default=None)
+    if block is None:
+        raise KeyError(f"the hand-written LDM table has no block for {key!r}")
+    rest = key[len(block) + 1:]
+    layer = max((name for name in inner if rest.startswith(name + ".")), key=len, default=None)
+    if layer is not None:
+        rest = inner[layer] + rest[len(layer):]
+    return f"{blocks[block]}.{rest}"
+
+
+def to_ldm_unet(state: dict) -> dict:
+    """Diffusers UNet tensors under their LDM names (the hand-written tables above).
+
+    Transformer blocks keep their inner names: LDM's SpatialTransformer and diffusers'
+    Transformer2DModel name their layers alike (norm, proj_in, transformer_blocks.N.attn1.to_q ...).
+    """
+    return {_ldm_name(k, LDM_UNET_BLOCKS, LDM_RESBLOCK if ".resnets." in k else {}): v for k, v in state.items()}
+
+
+def to_ldm_vae(state: dict) -> dict:
     """Diffusers VAE tensors under LDM names; attention linears become 1×1 convolutions."""
     out = {}
-    for k, v in state.items():
-        name = ldm.vae_ldm_name(k, len(config["block_out_channels"]))
-        if ".mid.attn_1." in name and name.endswith("weight") and v.ndim == 2:
-            v = v[:, :, None, None]
-        out[name] = v
+    for key, value in state.items():
+        attention = ".attentions." in key
+        inner = LDM_VAE_ATTENTION if attention else LDM_VAE_RESNET if ".resnets." in key else {}
+        out[_ldm_name(key, LDM_VAE_BLOCKS, inner)] = value[:, :, None, None] if attention and value.ndim == 2 else value
     return out
+
+
+def ema_name(ldm_key: str) -> str:
+    """LitEma keeps `model.diffusion_model.a.b` as buffer `diffusion_modela.b` with the dots removed,
+    under the module `model_ema`: `model_ema.diffusion_modelab`."""
+    return "model_ema." + ldm_key[len("model."):].replace(".", "")
 
 
 def write_ckpt(models: dict, path: Path, seed: int = 1) -> Path:
     """The original LDM checkpoint; non-EMA UNet weights differ from the EMA (= real) ones."""
     g = torch.Generator().manual_seed(seed)
-    unet = to_ldm_unet(models["unet"].state_dict(), unet_config())
+    unet = to_ldm_unet(models["unet"].state_dict())
     state: dict = {}
     for name, value in unet.items():
-        key = ldm.UNET_PREFIX + name
+        key = "model.diffusion_model." + name
         state[key] = value + 0.1 * torch.randn(value.shape, generator=g)  # the raw, non-EMA weights
-        state[ldm.ldm_ema_name(key)] = value.clone()
+        state[ema_name(key)] = value.clone()
     state["model_ema.decay"] = torch.tensor(0.9999)
     state["model_ema.num_updates"] = torch.tensor(105000, dtype=torch.int32)
-    for name, value in to_ldm_vae(models["vae"].state_dict(), vae_config()).items():
-        state[ldm.VAE_PREFIX + name] = value
+    for name, value in to_ldm_vae(models["vae"].state_dict()).items():
+        state["first_stage_model." + name] = value
     for name, value in models["projection"].state_dict().items():
-        state[ldm.PROJECTION_PREFIX + name] = value
+        state["cc_projection." + name] = value
     state["cond_stage_model.model.visual.proj"] = torch.randn(32, 768, generator=g)  # ignored, as by the public converters
     state["alphas_cumprod"] = torch.linspace(0.99, 0.01, 1000)  # LDM registers schedule buffers
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
