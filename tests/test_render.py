@@ -138,9 +138,22 @@ def test_cpu_render_never_loads_nerfacc_cuda():
 
 
 def test_state_dict_from_an_occgrid_run_loads_on_the_dense_path():
-    renderer = build_renderer(ConstantField(1.0), RenderConfig(estimator="dense"))
+    """An occupancy-grid run (CUDA) saves the dense `occupied` grid and nerfacc's estimator buffers; the
+    dense path takes the occupancy over bit for bit and skips the estimator.  Bad states still refuse."""
+    cfg = RenderConfig(estimator="dense", occ_resolution=16)
+    renderer = build_renderer(ConstantField(1.0), cfg)
     assert set(renderer.state_dict()) == {"occupied"}  # the field's parameters are not the renderer's
-    renderer.load_state_dict({"estimator.occs": torch.zeros(8), "estimator.binaries": torch.zeros(1, 2, 2, 2)})
+    pattern = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5
+    occgrid_state = {"occupied": pattern, "estimator.occs": torch.rand(16**3),
+                     "estimator.binaries": torch.zeros(1, 16, 16, 16, dtype=torch.bool)}
+    assert not torch.equal(renderer.occupied, pattern)
+    renderer.load_state_dict(occgrid_state)
+    assert torch.equal(renderer.occupied, pattern)
+    assert set(renderer.state_dict()) == {"occupied"}  # nothing of the estimator was adopted
+    with pytest.raises(RuntimeError, match="size mismatch for occupied"):  # another occ_resolution
+        renderer.load_state_dict(dict(occgrid_state, occupied=torch.ones(8, 8, 8, dtype=torch.bool)))
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # same path: strict as usual
+        renderer.load_state_dict({"occupied": pattern, "ocupied": pattern})
 
 
 @pytest.mark.cuda
