@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all test-browser bench clean
 
 # torch==2.13.0 first: that CPU wheel lies on disk; anything looser can pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -22,6 +22,15 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
+
+# `sjc3d app` in headless Chromium: Debian's chromium (Playwright cannot fetch its own browser
+# here), the app and browser extras, then the app's tests with Gradio and the browser tests.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+	$(PY) -m pip install --quiet -e '.[test,app,browser]'
+	$(PY) -m pytest -q tests/test_app.py
+	$(PY) -m pytest -q -m browser tests/browser
 
 bench: $(STAMP)
 	$(PY) benchmarks/render.py
