@@ -6,6 +6,11 @@ Conventions
                       meshes' units (after `normalize_to_unit`, fractions of the longest side).
     F-score           at distance τ: precision = share of A's samples within τ of B's samples,
                       recall = the same from B to A, F = 2PR/(P + R).
+    Normal consistency  the mean |cos| between the face normal at each sample and the face normal
+                      at its nearest sample on the other mesh, averaged over both directions
+                      (as in Occupancy Networks; 1 = parallel everywhere). Sign-free, so a
+                      flipped face costs nothing; what it measures is the facets and bumps a
+                      noisy surface has and the truth has not.
     Volume IoU        occupancy of voxel centres of a `resolution`³ grid over the union of the
                       two bounding boxes; inside/outside by ray parity along each of the three
                       axes, the majority of the three votes wins (robust to small holes and to a
@@ -76,8 +81,15 @@ def normalize_to_unit(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 
 def surface_samples(mesh: trimesh.Trimesh, n_points: int = DEFAULT_POINTS, seed: int = DEFAULT_SEED) -> np.ndarray:
     """[n, 3] area-uniform points on the surface, reproducible for a given seed."""
-    points, _ = trimesh.sample.sample_surface(mesh, int(n_points), seed=seed)
-    return np.asarray(points)
+    return oriented_samples(mesh, n_points, seed)[0]
+
+
+def oriented_samples(
+    mesh: trimesh.Trimesh, n_points: int = DEFAULT_POINTS, seed: int = DEFAULT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """(points [n, 3], unit face normals [n, 3]) of area-uniform surface samples (seeded)."""
+    points, face = trimesh.sample.sample_surface(mesh, int(n_points), seed=seed)
+    return np.asarray(points), np.asarray(mesh.face_normals)[face]
 
 
 # --------------------------------------------------------------------------- surface distances
@@ -85,12 +97,16 @@ def surface_samples(mesh: trimesh.Trimesh, n_points: int = DEFAULT_POINTS, seed:
 
 def _nearest(a_points: np.ndarray, b_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance of each A point to B, distance of each B point to A)."""
+    (d_ab, _), (d_ba, _) = _nearest_indexed(a_points, b_points)
+    return d_ab, d_ba
+
+
+def _nearest_indexed(a_points: np.ndarray, b_points: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((distance, index of the nearest B point) for each A point, the same from B to A)."""
     # One worker: the machines running this are shared, and thread fan-out there costs more
     # than it saves. (Queries are slow only when the surfaces are far apart: each query then
     # searches a large disc of the other surface's samples.)
-    d_ab, _ = cKDTree(b_points).query(a_points)
-    d_ba, _ = cKDTree(a_points).query(b_points)
-    return d_ab, d_ba
+    return cKDTree(b_points).query(a_points), cKDTree(a_points).query(b_points)
 
 
 def chamfer_distance(a: trimesh.Trimesh, b: trimesh.Trimesh, n_points: int = DEFAULT_POINTS, seed: int = DEFAULT_SEED) -> float:
@@ -119,6 +135,22 @@ def f_score(
     """F-score of A (prediction) against B (truth) at distance `threshold`."""
     d_ab, d_ba = _nearest(surface_samples(a, n_points, seed), surface_samples(b, n_points, seed))
     return _f_from_distances(d_ab, d_ba, threshold).f_score
+
+
+def _consistency(n_a: np.ndarray, n_b: np.ndarray, ab: np.ndarray, ba: np.ndarray) -> float:
+    """Mean |cos| between each sample's normal and its nearest neighbour's, both directions."""
+    cos_ab = np.abs((n_a * n_b[ab]).sum(1))
+    cos_ba = np.abs((n_b * n_a[ba]).sum(1))
+    return 0.5 * (float(cos_ab.mean()) + float(cos_ba.mean()))
+
+
+def normal_consistency(
+    a: trimesh.Trimesh, b: trimesh.Trimesh, n_points: int = DEFAULT_POINTS, seed: int = DEFAULT_SEED
+) -> float:
+    """Normal consistency of A and B (module docstring), in [0, 1]."""
+    (p_a, n_a), (p_b, n_b) = oriented_samples(a, n_points, seed), oriented_samples(b, n_points, seed)
+    (_, ab), (_, ba) = _nearest_indexed(p_a, p_b)
+    return _consistency(n_a, n_b, ab, ba)
 
 
 # --------------------------------------------------------------------------- volume
@@ -227,6 +259,7 @@ class MeshMetrics:
     fscore_threshold: float
     n_points: int
     resolution: int
+    normal_consistency: float = float("nan")
 
 
 def evaluate_meshes(
@@ -239,7 +272,8 @@ def evaluate_meshes(
 ) -> MeshMetrics:
     """All geometry metrics of `pred` against `gt`, each first normalised to unit size."""
     pred, gt = normalize_to_unit(pred), normalize_to_unit(gt)
-    d_ab, d_ba = _nearest(surface_samples(pred, n_points, seed), surface_samples(gt, n_points, seed))
+    (p_a, n_a), (p_b, n_b) = oriented_samples(pred, n_points, seed), oriented_samples(gt, n_points, seed)
+    (d_ab, ab), (d_ba, ba) = _nearest_indexed(p_a, p_b)
     fs = _f_from_distances(d_ab, d_ba, fscore_threshold)
     return MeshMetrics(
         chamfer=0.5 * (float(d_ab.mean()) + float(d_ba.mean())),
@@ -250,6 +284,7 @@ def evaluate_meshes(
         fscore_threshold=fscore_threshold,
         n_points=n_points,
         resolution=resolution,
+        normal_consistency=_consistency(n_a, n_b, ab, ba),
     )
 
 
@@ -273,6 +308,7 @@ def eval_command(mesh: Path, gt: Path, fscore_threshold: float = 0.02, json_out:
     table.add_row(f"volume IoU ({metrics.resolution}^3)", f"{metrics.iou:.4f}")
     table.add_row(f"F-score @ {fscore_threshold:g}", f"{metrics.f_score:.4f}")
     table.add_row("precision / recall", f"{metrics.precision:.4f} / {metrics.recall:.4f}")
+    table.add_row("normal consistency (1 = best)", f"{metrics.normal_consistency:.4f}")
     Console(highlight=False).print(table)
     text = json.dumps(record)
     print(text)

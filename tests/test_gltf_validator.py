@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 import trimesh
 
+from sjc3d.config import ExportConfig
+from sjc3d.export import export_field
+from sjc3d.export.gltf import linear_to_srgb, read_glb
 from sjc3d.export.writers import colored_mesh, write_mesh
 
 VALIDATE_JS = """
@@ -54,27 +57,46 @@ def gltf_validator() -> Path:
     return folder
 
 
-def test_exported_glb_has_colours_and_passes_the_khronos_validator(tmp_path, gltf_validator):
-    sphere = trimesh.creation.icosphere(3, radius=0.5)
-    colors = np.random.default_rng(0).uniform(size=(len(sphere.vertices), 3))
-    path = write_mesh(colored_mesh(sphere.vertices, sphere.faces, colors), tmp_path / "sphere.glb")
-
-    loaded = trimesh.load(path, force="mesh", process=False)
-    assert loaded.visual.kind == "vertex"
-    assert np.abs(loaded.visual.vertex_colors[:, :3] / 255.0 - colors).max() <= 1 / 255
-
+def validate(path: Path, folder: Path) -> dict:
+    """The validator's report on `path`, asserting no errors and no warnings."""
     done = subprocess.run(
-        ["node", str(gltf_validator / "validate.js"), str(path)],
-        capture_output=True, text=True, timeout=120, cwd=gltf_validator,
+        ["node", str(folder / "validate.js"), str(path)], capture_output=True, text=True, timeout=120, cwd=folder
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     issues = report["issues"]
     assert issues["numErrors"] == 0, [m for m in issues["messages"] if m["severity"] == 0]
     assert issues["numWarnings"] == 0, [m for m in issues["messages"] if m["severity"] == 1]
+    return report
+
+
+def test_exported_glb_has_colours_and_passes_the_khronos_validator(tmp_path, gltf_validator):
+    sphere = trimesh.creation.icosphere(3, radius=0.5)
+    colors = np.random.default_rng(0).uniform(size=(len(sphere.vertices), 3))
+    path = write_mesh(colored_mesh(sphere.vertices, sphere.faces, colors), tmp_path / "sphere.glb")
+
+    _, arrays = read_glb(path.read_bytes())
+    assert np.abs(linear_to_srgb(arrays["COLOR_0"]) - colors).max() <= 1 / 255  # stored linear
+
+    report = validate(path, gltf_validator)
     assert report["info"]["totalVertexCount"] == len(sphere.vertices)
     assert report["info"]["totalTriangleCount"] == len(sphere.faces)
-    assert "COLOR_0" in glb_json(path)["meshes"][0]["primitives"][0]["attributes"]
+    attributes = glb_json(path)["meshes"][0]["primitives"][0]["attributes"]
+    assert {"COLOR_0", "NORMAL"} <= attributes.keys()
+
+
+def test_textured_glb_passes_the_khronos_validator(tmp_path, gltf_validator):
+    pytest.importorskip("xatlas")
+    from test_export import RampSphere
+
+    mesh = export_field(RampSphere(), ExportConfig(resolution=32, max_faces=600, texture=True, texture_size=128)).mesh
+    path = write_mesh(mesh, tmp_path / "textured.glb")
+    report = validate(path, gltf_validator)
+    assert report["info"]["totalTriangleCount"] == len(mesh.faces)
+    assert report["info"]["materialCount"] == 1 and report["info"]["hasTextures"]
+    gltf = glb_json(path)
+    assert {"TEXCOORD_0", "NORMAL", "POSITION"} == gltf["meshes"][0]["primitives"][0]["attributes"].keys()
+    assert gltf["images"][0]["mimeType"] == "image/png"
 
 
 def glb_json(path: Path) -> dict:

@@ -12,7 +12,7 @@ from sjc3d.cameras import input_c2w
 from sjc3d.errors import ConfigError
 from sjc3d.export.pipeline import ColorViews, ExportResult, export_field, render_colored_mesh
 from sjc3d.device import resolve_device
-from sjc3d.export.writers import check_mesh_suffix, write_mesh
+from sjc3d.export.writers import check_mesh_suffix, texture_paths, write_mesh
 
 
 def read_rgb(path: Path) -> Optional[np.ndarray]:
@@ -46,13 +46,23 @@ def export_command(
     threshold: Optional[float] = None,
     max_faces: Optional[int] = None,
     smooth: Optional[int] = None,
+    texture: Optional[bool] = None,
+    texture_size: Optional[int] = None,
 ) -> ExportResult:
-    """Export the run's field as a vertex-coloured .glb/.obj/.ply (flags override config.export)."""
+    """Export the run's field as a coloured .glb/.obj/.ply (flags override config.export).
+
+    Colours are a baked texture or vertex colours (`texture`, default `export.texture`); a PLY
+    has no texture, so it gets vertex colours unless --texture is asked for explicitly (an error).
+    """
     from rich.console import Console
 
     from sjc3d.rundir import load_run, load_run_config, resolve_run_dir
 
-    check_mesh_suffix(mesh)  # fail before any work
+    suffix = check_mesh_suffix(mesh)  # fail before any work
+    if texture and suffix == ".ply":
+        raise ConfigError(f"--texture: {mesh} is a PLY file, which holds no texture; use .glb or .obj, or --no-texture")
+    if texture_size is not None and not 16 <= texture_size <= 8192:
+        raise ConfigError(f"--texture-size {texture_size}: must be in [16, 8192]")
     if resolution is not None and not 8 <= resolution <= 1024:
         raise ConfigError(f"--resolution {resolution}: must be in [8, 1024]")
     if max_faces is not None and max_faces < 0:
@@ -65,8 +75,11 @@ def export_command(
     paths = resolve_run_dir(run_dir)
     device = resolve_device(load_run_config(paths).train.device, fallback_to_cpu=True)
     run = load_run(paths.root, device)
-    flags = {"resolution": resolution, "threshold": threshold, "max_faces": max_faces, "smooth_iterations": smooth}
+    flags = {"resolution": resolution, "threshold": threshold, "max_faces": max_faces, "smooth_iterations": smooth,
+             "texture": texture, "texture_size": texture_size}
     cfg = dataclasses.replace(run.config.export, **{k: v for k, v in flags.items() if v is not None})
+    if suffix == ".ply":
+        cfg = dataclasses.replace(cfg, texture=False)
 
     views = None
     if run.field.n_channels != 3:
@@ -87,10 +100,13 @@ def export_command(
 
     console = Console(highlight=False, soft_wrap=True)
     choice = result.threshold
+    colours = f"a {cfg.texture_size}² texture" if cfg.texture else "vertex colours"
     console.print(
-        f"wrote {mesh}: {len(result.mesh.vertices)} vertices, {len(result.mesh.faces)} faces "
-        f"({result.raw_faces} before cleanup), watertight={result.mesh.is_watertight}"
+        f"wrote {mesh}: {len(result.mesh.faces)} faces ({result.raw_faces} before cleanup), {colours}, "
+        f"watertight={result.watertight}"
     )
+    if cfg.texture and suffix == ".obj":
+        console.print(f"  with {', '.join(str(p) for p in texture_paths(mesh))}")
     console.print(
         f"density level {choice.level:.4g} ({choice.rule}), occupancy {100 * choice.occupancy:.2f}% of the box, "
         f"silhouette IoU {choice.silhouette_iou:.3f}, grid {cfg.resolution}^3"

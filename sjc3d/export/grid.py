@@ -198,6 +198,34 @@ def suggest_threshold(volume: np.ndarray, bound: float) -> float:
     return choose_threshold(volume, bound).level
 
 
+def filter_density(volume: np.ndarray, level: float, sigma: float) -> tuple[np.ndarray, float]:
+    """Gaussian-filter the density grid (std `sigma` voxels) and carry the iso level over.
+
+    Why: a hash-grid field's density carries high-frequency noise (hash collisions, a short
+    fit) that marching cubes turns into facets and bumps; a low-pass filter removes it before
+    any surface exists. Filtering alone would move the surface, though: a blurred step crosses
+    a level below its midpoint further out (the shape grows) and one above it further in. So
+    the level on the filtered grid is the one that keeps the *volume*: as many grid points at or
+    above it as the unfiltered grid has at or above `level`. Only the bumps go.
+
+    Returns:
+        (filtered volume with a zero outer layer, matched level).
+    """
+    if sigma <= 0:
+        return volume, level
+    from scipy.ndimage import gaussian_filter
+
+    inside = int(np.count_nonzero(volume >= level))
+    filtered = close_boundary(gaussian_filter(volume, sigma=float(sigma), mode="constant", cval=0.0, truncate=3.0))
+    flat = filtered.reshape(-1)
+    if inside == 0 or inside >= flat.size:
+        return filtered, level
+    # The inside-th and (inside+1)-th largest values; the level sits halfway between them.
+    top = np.partition(flat, flat.size - inside - 1)[flat.size - inside - 1 :]
+    below, kth = float(top[0]), float(np.min(top[1:]))
+    return filtered, 0.5 * (below + kth)
+
+
 def close_boundary(volume: np.ndarray) -> np.ndarray:
     """Zero the outermost grid layer in place (and return `volume`), so iso-surfaces are closed."""
     volume[0], volume[-1] = 0.0, 0.0
