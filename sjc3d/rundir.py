@@ -5,27 +5,42 @@
       input.png            the preprocessed input view (256²): RGB on white, alpha = object mask
       metrics.jsonl        one JSON object per logged step
       checkpoints/last.pt  the latest checkpoint (written atomically)
+      checkpoints/step_000400.pt ...  the last `train.keep_checkpoints` checkpoints (0: none)
       checkpoints/final.pt the state at the end of training
       previews/            turntable strips every `train.preview_every` steps
+      .lock                while a process writes the run: its pid and host (runlock.py)
 
 A checkpoint is a plain dict of tensors and numbers, loaded with `weights_only=True`:
     step (int), field, renderer, optimizer (state dicts), background ([C] tensor),
     rng (torch RNG state).
+
+With a history (`keep_checkpoints` > 0) each checkpoint is written once, as step_<N>.pt, and
+last.pt is a second name (a hard link) for the same file, so keeping a history costs no extra
+write.  `--resume` reads last.pt; if that file turns out unreadable (a disk that lost data
+despite the atomic rename, a truncated copy), it falls back to the newest readable history
+file and says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
-
-from sjc3d.atomic import atomic_path
+from sjc3d.atomic import atomic_path, reporting_write_errors
 from sjc3d.config import Config, config_from_dict, read_yaml
 from sjc3d.errors import ConfigError, InputError, UserError
 
+if TYPE_CHECKING:  # torch is imported where it is used: RunPaths serves torch-free code (sweep driver)
+    import torch
+
 DEFAULT_OUTPUTS = Path("outputs")
+HISTORY_NAME = re.compile(r"step_(\d+)\.pt")
+UNREADABLE = ".unreadable"  # suffix given to checkpoints a resume found unreadable
 
 
 @dataclass(frozen=True)
@@ -60,19 +75,73 @@ class RunPaths:
     def previews(self) -> Path:
         return self.root / "previews"
 
+    def history_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:06d}.pt"
+
+    def history(self) -> list[tuple[int, Path]]:
+        """The history checkpoints as (step, path), newest first."""
+        found = []
+        for path in self.checkpoints.glob("step_*.pt"):
+            match = HISTORY_NAME.fullmatch(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found, reverse=True)
+
+    def has_checkpoint(self) -> bool:
+        """Something `--resume` can start from: last.pt or a history checkpoint."""
+        return self.last_checkpoint.is_file() or bool(self.history())
+
     def best_checkpoint(self) -> Path:
         """The final state when training finished, else the latest checkpoint."""
         return self.final_checkpoint if self.final_checkpoint.is_file() else self.last_checkpoint
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` with torch.save to a temporary file, then rename it onto `path`."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write `state` with torch.save to a temporary file, then rename it onto `path`.
+
+    torch.save is given an open file rather than a name: its own file writer reports a full
+    disk as a bare RuntimeError ("unexpected pos ..."), a Python file raises OSError(ENOSPC),
+    which atomic_path turns into a one-line WriteError naming `path`.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+
+
+def save_run_checkpoint(paths: RunPaths, state: dict[str, Any], keep: int = 0) -> Path:
+    """Write a training checkpoint as last.pt, keeping the newest `keep` as step_<N>.pt too.
+
+    keep = 0: last.pt only.  keep > 0: the state is written once, as step_<N>.pt, and linked
+    to last.pt (an atomic rename of a fresh hard link); older history files beyond `keep` are
+    deleted.  Where hard links are not supported, last.pt is written as a second file.
+    """
+    if keep <= 0:
+        save_checkpoint(paths.last_checkpoint, state)
+        return paths.last_checkpoint
+    step_path = paths.history_checkpoint(int(state["step"]))
+    save_checkpoint(step_path, state)
+    link = paths.checkpoints / f".last.{os.getpid()}.link.pt"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        os.link(step_path, link)
+        with reporting_write_errors(paths.last_checkpoint):
+            os.replace(link, paths.last_checkpoint)
+    except OSError:  # no hard links on this file system
+        with contextlib.suppress(OSError):
+            link.unlink()
+        save_checkpoint(paths.last_checkpoint, state)
+    for _, old in paths.history()[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    return step_path
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing pickled code; a bad file is a one-line UserError."""
+    import torch
+
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}")
     try:
@@ -82,6 +151,36 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     if not isinstance(state, dict) or "field" not in state or "step" not in state:
         raise InputError(f"checkpoint {path} is not an sjc3d checkpoint (no field state)")
     return state
+
+
+def load_resume_checkpoint(paths: RunPaths) -> tuple[dict[str, Any], Path]:
+    """The state `--resume` continues from, and the file it came from.
+
+    last.pt when it is readable; otherwise the newest readable history checkpoint, with a
+    warning naming both.  Unreadable files newer than the one used are renamed *.unreadable
+    (kept for inspection, out of the way of the next checkpoints).  If nothing is readable,
+    the error about last.pt is raised.
+    """
+    candidates = [paths.last_checkpoint] if paths.last_checkpoint.is_file() else []
+    candidates += [path for _, path in paths.history()]
+    if not candidates:
+        raise InputError(f"no checkpoint at {paths.last_checkpoint}")
+    errors: list[tuple[Path, InputError]] = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except InputError as e:
+            errors.append((path, e))
+            continue
+        if errors:
+            also = f" (also unreadable: {', '.join(p.name for p, _ in errors[1:])})" if errors[1:] else ""
+            print(f"warning: {errors[0][1]}; resuming from {path} (step {int(state['step'])}) instead{also}",
+                  file=sys.stderr, flush=True)
+            for bad_path, _ in errors:
+                with contextlib.suppress(OSError):
+                    bad_path.rename(bad_path.with_name(bad_path.name + UNREADABLE))
+        return state, path
+    raise errors[0][1]
 
 
 def find_latest_run(outputs: Path = DEFAULT_OUTPUTS) -> Path:
@@ -126,6 +225,8 @@ class LoadedRun:
 
 def load_run(run_dir: Optional[Path], device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the field and renderer of a run from its config and best checkpoint."""
+    import torch
+
     from sjc3d.fields import build_field
     from sjc3d.render import build_renderer
 

@@ -29,7 +29,7 @@ class FakeFit:
         self.calls: list[str] = []
         self.fail_when = fail_when
 
-    def __call__(self, config, image, run_dir, resume=False, progress=True):
+    def __call__(self, config, image, run_dir, resume=False, progress=True, stop=None):
         assert progress is False
         self.calls.append(Path(run_dir).name)
         Path(run_dir).mkdir(parents=True, exist_ok=True)

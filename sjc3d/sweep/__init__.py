@@ -14,17 +14,22 @@ Behaviour of the command:
 - a failing trial is recorded with its one-line error and the others go on; once all trials
   have run and the tables are written, the command exits with code 1 if any trial failed;
 - running the same sweep again skips trials recorded as ok with an unchanged config and
-  re-runs failed, missing and changed ones (their stale run directories are replaced).
+  re-runs failed, missing and changed ones: a trial with a checkpoint of the same config
+  resumes from it, other stale run directories are replaced;
+- Ray: a trial whose worker dies is retried up to `--retries` times, resuming its checkpoint;
+- local: SIGTERM/SIGINT stop the running trial after its current step with a checkpoint, and
+  the command exits with code 75 (`Preempted`); the same command continues.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
 from sjc3d.errors import ConfigError, UserError
 from sjc3d.sweep.results import TrialRecord, is_done, read_journal, write_tables
-from sjc3d.sweep.runner import EXECUTORS, FitFn, SweepSummary, run_sweep, run_trial
+from sjc3d.sweep.runner import DEFAULT_RETRIES, EXECUTORS, FitFn, SweepSummary, run_sweep, run_trial
 from sjc3d.sweep.spec import Sweep, Trial, load_sweep
 
 DEFAULT_SWEEPS = Path("outputs") / "sweeps"
@@ -78,10 +83,12 @@ def sweep_command(
     gpus_per_trial: float = 0.0,
     out: Optional[Path] = None,
     fit: Optional[FitFn] = None,
+    retries: int = DEFAULT_RETRIES,
 ) -> Optional[SweepSummary]:
     """`sjc3d sweep`: validate and expand the sweep file, then print the plan or run it.
 
-    Raises SweepFailed (exit code 1) after writing the tables when any trial failed.
+    Raises SweepFailed (exit code 1) after writing the tables when any trial failed, and
+    Preempted (exit code 75) when a signal stopped a local trial (its checkpoint written).
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
@@ -91,12 +98,29 @@ def sweep_command(
         raise ConfigError("--gpus-per-trial needs --executor ray (the local executor runs one trial at a time)")
     if gpus_per_trial < 0:
         raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: must be >= 0")
+    if retries < 0:
+        raise ConfigError(f"--retries {retries}: must be >= 0")
     sweep = load_sweep(sweep_file)
     sweep_dir = Path(out) if out is not None else DEFAULT_SWEEPS / sweep.name
     if dry_run:
         print_plan(sweep, sweep_dir)
         return None
-    summary = run_sweep(sweep, sweep_dir, executor=executor, fit=fit, address=address, gpus_per_trial=gpus_per_trial)
+    from sjc3d.preemption import Preempted, stop_on_signals
+
+    again = f"sjc3d sweep {sweep_file}" + (f" --out {out}" if out is not None else "")
+    # Ray trials run in their workers; only the local executor can stop a trial at a step boundary.
+    signals = stop_on_signals() if executor == "local" else contextlib.nullcontext()
+    with signals as stop:
+        try:
+            summary = run_sweep(sweep, sweep_dir, executor=executor, fit=fit, address=address,
+                                gpus_per_trial=gpus_per_trial, max_retries=retries, stop=stop)
+        except KeyboardInterrupt as e:  # a second signal, or Ctrl-C in the Ray driver
+            step = getattr(e, "step", None)  # trainer.FitInterrupted: the trial's checkpoint is written
+            if step is None:
+                raise
+            raise Preempted.after(step, "SIGINT", again, f"trial {Path(e.run_dir).name}") from None
+    if summary.stopped is not None:
+        raise Preempted.after(summary.stopped.step, stop.signal, again, f"trial {summary.stopped.trial}")
     ok = summary.n_skipped + summary.n_ok
     print(f"{ok}/{summary.n_trials} trials ok ({summary.n_skipped} skipped as done); results: {summary.results_md}")
     if summary.n_failed:

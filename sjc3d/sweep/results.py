@@ -5,11 +5,13 @@
       sweep.jsonl    one JSON line per finished trial (ok or failed), appended as trials finish
       results.csv    one row per trial, rewritten (atomically) at the end of every invocation
       results.md     the same as a markdown table, sorted by the sweep's `sort_by` metric
-      <trial>/       each trial's run directory (see sjc3d/rundir.py)
+      <trial>/       each trial's run directory (see sjc3d/rundir.py), plus
+        trial.json   {"fingerprint", "attempts"}: whose checkpoint this is, how many starts
 
-The journal is the source of truth for resuming: the last line of a trial wins.  Lines are
+The journal is the source of truth for what is done: the last line of a trial wins.  Lines are
 written whole, flushed and fsynced one at a time, so a sweep killed mid-way loses at most the
-line being written; a torn last line is skipped when reading.
+line being written; a torn last line is skipped when reading.  trial.json decides whether an
+unfinished trial resumes: only from a checkpoint of the same fingerprint.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from sjc3d.atomic import atomic_write_text
+from sjc3d.atomic import atomic_write_text, reporting_write_errors
+from sjc3d.rundir import RunPaths
 from sjc3d.sweep.spec import Sweep, Trial
 
 JOURNAL = "sweep.jsonl"
 CSV = "results.csv"
 MARKDOWN = "results.md"
+TRIAL_STATE = "trial.json"
 
 
 @dataclass
@@ -36,7 +40,7 @@ class TrialRecord:
     """The outcome of one trial, as a journal line."""
 
     trial: str
-    status: str  # "ok" | "failed"
+    status: str  # "ok" | "failed" | "stopped" (a signal; checkpoint written, resumed on a re-run)
     image: str  # "" for an oracle prior
     overrides: str  # the varied settings, `[run] key=value ...`
     run_dir: str
@@ -45,6 +49,8 @@ class TrialRecord:
     step: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""  # one line; the full traceback is in <run_dir>/traceback.txt
+    retries: int = 0  # attempts started before the last one (a lost worker, an interrupted sweep)
+    resumed_from: int = 0  # the checkpoint step the last attempt continued from (0: from scratch)
 
     @classmethod
     def from_json(cls, data: dict) -> Optional["TrialRecord"]:
@@ -54,7 +60,8 @@ class TrialRecord:
                 overrides=str(data.get("overrides", "")), run_dir=str(data.get("run_dir", "")),
                 fingerprint=str(data.get("fingerprint", "")), wall_time=float(data.get("wall_time", 0.0)),
                 step=int(data.get("step", 0)), metrics={str(k): float(v) for k, v in dict(data.get("metrics", {})).items()},
-                error=str(data.get("error", "")),
+                error=str(data.get("error", "")), retries=int(data.get("retries", 0)),
+                resumed_from=int(data.get("resumed_from", 0)),
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -82,7 +89,7 @@ def append_journal(sweep_dir: Path, record: TrialRecord) -> None:
     path = Path(sweep_dir) / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(asdict(record), sort_keys=False)
-    with open(path, "a+b") as f:
+    with reporting_write_errors(path), open(path, "a+b") as f:
         # A sweep killed mid-write leaves a torn line with no newline: start on a fresh one.
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)
@@ -97,6 +104,27 @@ def is_done(trial: Trial, records: dict[str, TrialRecord]) -> bool:
     """Finished successfully with the same resolved config and image: skip it on a re-run."""
     record = records.get(trial.name)
     return record is not None and record.status == "ok" and record.fingerprint == trial.fingerprint
+
+
+def _trial_state(run_dir: Path) -> dict:
+    try:
+        data = json.loads((Path(run_dir) / TRIAL_STATE).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def resumable(run_dir: Path, fingerprint: str) -> bool:
+    """The run directory holds a checkpoint of a trial with this fingerprint (resume, do not wipe)."""
+    return _trial_state(run_dir).get("fingerprint") == fingerprint and RunPaths(Path(run_dir)).has_checkpoint()
+
+
+def begin_attempt(run_dir: Path, fingerprint: str) -> int:
+    """Count one more start of the trial in `<run_dir>/trial.json`; returns this attempt's number (1, 2 ...)."""
+    state = _trial_state(run_dir)
+    attempt = int(state.get("attempts", 0)) + 1 if state.get("fingerprint") == fingerprint else 1
+    atomic_write_text(Path(run_dir) / TRIAL_STATE, json.dumps({"fingerprint": fingerprint, "attempts": attempt}) + "\n")
+    return attempt
 
 
 # --------------------------------------------------------------------------- tables
@@ -131,13 +159,14 @@ def _display_path(path: str) -> str:
 
 def _table(rows: list[TrialRecord]) -> tuple[list[str], list[list[str]]]:
     metric_names = sorted({k for r in rows for k in r.metrics})
-    header = ["trial", "overrides", "image", "run_dir", "status", *metric_names, "wall_time_s", "error"]
+    header = ["trial", "overrides", "image", "run_dir", "status", *metric_names, "wall_time_s", "retries", "error"]
     body = []
     for r in rows:
         metrics = [f"{r.metrics[k]:.6g}" if k in r.metrics else "" for k in metric_names]
         wall = f"{r.wall_time:.1f}" if r.status != "pending" else ""
+        retries = str(r.retries) if r.status != "pending" else ""
         image = Path(r.image).name if r.image else ""
-        body.append([r.trial, r.overrides, image, _display_path(r.run_dir), r.status, *metrics, wall, r.error])
+        body.append([r.trial, r.overrides, image, _display_path(r.run_dir), r.status, *metrics, wall, retries, r.error])
     return header, body
 
 
@@ -153,7 +182,7 @@ def write_tables(sweep: Sweep, sweep_dir: Path, records: dict[str, TrialRecord])
     csv_path = Path(sweep_dir) / CSV
     atomic_write_text(csv_path, buffer.getvalue())
 
-    counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "pending")}
+    counts = {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "stopped", "pending")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
 
     def cell(text: str) -> str:
