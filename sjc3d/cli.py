@@ -216,6 +216,28 @@ def train_prior_cmd(
     guarded(run)
 
 
+@app.command("make-views")
+def make_views_cmd(
+    out: Path = typer.Argument(..., help="Output folder (Zero-1-to-3 layout); an unfinished one is resumed."),
+    objects: int = typer.Option(100, "--objects", help="Number of procedural objects."),
+    views: int = typer.Option(12, "--views", help="Views per object."),
+    size: int = typer.Option(64, "--size", help="Image side (pixels)."),
+    seed: int = typer.Option(0, "--seed", help="Dataset seed: object k is a function of (seed, split, k)."),
+    split: str = typer.Option("train", "--split", help="train or test (disjoint object streams)."),
+    supersample: int = typer.Option(3, "--supersample", help="Sub-pixel rays per side (anti-aliasing)."),
+    workers: int = typer.Option(1, "--workers", help="Processes rendering objects in parallel."),
+) -> None:
+    """Render procedural objects (primitives and their compositions) as Zero-1-to-3 training views."""
+
+    def run() -> None:
+        from sjc3d.datasets.make_views import make_views_command
+
+        make_views_command(out=out, n_objects=objects, n_views=views, size=size, seed=seed, split=split,
+                           supersample=supersample, workers=workers)
+
+    guarded(run)
+
+
 @app.command("sweep")
 def sweep_cmd(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML (see configs/sweeps/)."),
