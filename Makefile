@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/prior.py
 	$(PY) benchmarks/oracle_reconstruction.py ../shared/data/meshes/spot.obj ../shared/data/meshes/blub.obj ../shared/data/meshes/fuze.obj
+	$(PY) benchmarks/oracle_reconstruction.py assets/toy.obj --out outputs/bench/export
+	$(PY) benchmarks/export_quality.py outputs/bench/export/toy --truth assets/toy.obj
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

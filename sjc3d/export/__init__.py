@@ -1,9 +1,13 @@
-"""Mesh export: density grid → marching cubes → cleanup → vertex colours → .glb/.obj/.ply.
+"""Mesh export: density grid → marching cubes → cleanup → colours → .glb/.obj/.ply.
 
-    grid.py      density on a grid (chunked), the automatic iso level, marching cubes
+    grid.py      density on a grid (chunked), the automatic iso level, the density filter,
+                 marching cubes
     cleanup.py   floaters, Taubin smoothing, decimation
-    color.py     vertex colours: queried (RGB fields) or projected from decoded views (latent;
-                 visibility from sjc3d/mesh_raster.py)
+    color.py     colours at surface points: queried (RGB fields) or projected from decoded
+                 views (latent; visibility from sjc3d/mesh_raster.py)
+    atlas.py     UV atlas (xatlas, in a child process)
+    texture.py   texel rasterisation, baking, gutter fill, textured rendering
+    gltf.py      the GLB writer (unlit material, linear COLOR_0, sRGB texture) and a reader
     writers.py   file formats and axes (files are y-up, front +z)
     pipeline.py  the library entry point `export_field`
     command.py   `sjc3d export`
