@@ -163,7 +163,7 @@ def eval_cmd(
     fscore_threshold: float = typer.Option(0.02, "--fscore-threshold", help="F-score distance (unit size)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
 ) -> None:
-    """Chamfer distance, volume IoU and F-score of a mesh against the truth."""
+    """Chamfer distance, volume IoU, F-score and normal consistency of a mesh against the truth."""
 
     def run() -> None:
         from sjc3d.metrics import eval_command
