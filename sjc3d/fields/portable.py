@@ -35,19 +35,13 @@ from sjc3d.fields.hashgrid import LevelSpec, row_offsets
 TABLE_KEYS = {"torch": "planes", "tcnn": "encoding.params"}
 
 
-def tcnn_row_offsets(specs: list[LevelSpec]) -> list[int]:
-    """First row of each level in tcnn's table: levels in order (grid.h's offset table)."""
-    offsets, row = [], 0
-    for spec in specs:
-        offsets.append(row)
-        row += spec.n_rows
-    return offsets
-
-
 def torch_rows_of_tcnn_rows(specs: list[LevelSpec]) -> Tensor:
-    """[n_rows] int64: the torch-table row that holds each tcnn-table row (a permutation)."""
-    parts = [torch.arange(n.n_rows) + o for n, o in zip(specs, row_offsets(specs))]
-    return torch.cat(parts)  # concatenated in level order = tcnn's row order
+    """[n_rows] int64: the torch-table row that holds each tcnn-table row (a permutation).
+
+    tcnn stores the levels one after the other in level order, so its rows are the levels'
+    row ranges concatenated in that order; each range sits at the level's torch offset.
+    """
+    return torch.cat([torch.arange(spec.n_rows) + offset for spec, offset in zip(specs, row_offsets(specs))])
 
 
 def tcnn_to_planes(params: Tensor, specs: list[LevelSpec], n_features: int) -> Tensor:
