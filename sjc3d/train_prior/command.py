@@ -19,7 +19,14 @@ from sjc3d.config import config_to_dict, read_yaml
 from sjc3d.errors import ConfigError, InputError
 from sjc3d.train_prior.config import PriorTrainingConfig, load_training_config
 from sjc3d.train_prior.data import ViewSet, load_view_set
-from sjc3d.train_prior.loop import PriorRunPaths, PriorTrainer, StageLog, truncate_metrics, write_config
+from sjc3d.train_prior.loop import (
+    PriorRunPaths,
+    PriorTrainer,
+    StageLog,
+    load_training_checkpoint,
+    truncate_metrics,
+    write_config,
+)
 from sjc3d.train_prior.model import PriorComponents
 
 
@@ -48,9 +55,9 @@ def prepare_views(cfg: PriorTrainingConfig, size: int, accelerator, progress: bo
         root = procedural_root(cfg, size)
         if accelerator.is_main_process:
             make_views(root, n_objects=cfg.data.procedural_objects, n_views=cfg.data.procedural_views, size=size,
-                       seed=cfg.data.procedural_seed, split="train", progress=progress)
+                       seed=cfg.data.procedural_seed, split="train", workers=cfg.data.workers, progress=progress)
         accelerator.wait_for_everyone()
-    views = load_view_set(root, size)
+    views = load_view_set(root, size, progress)
     if views.n_objects <= cfg.data.held_out_objects:
         raise InputError(f"{root}: {views.n_objects} objects, but data.held_out_objects={cfg.data.held_out_objects} "
                          "must leave some to train on")
@@ -90,11 +97,9 @@ def resolve_run(config: Optional[str], overrides: list[str], resume: Optional[Pa
 def train_prior(cfg: PriorTrainingConfig, paths: PriorRunPaths, resume: bool = False, progress: bool = True,
                 stop=None) -> PriorTrainer:
     """Run every stage of `cfg` into `paths` (continuing the checkpoint there when `resume`)."""
-    from sjc3d.rundir import load_checkpoint
-
     accelerator = make_accelerator(cfg.run.device)
     start = time.perf_counter()
-    state = load_checkpoint(paths.checkpoint) if resume else None
+    state = load_training_checkpoint(paths.checkpoint) if resume else None
     if accelerator.is_main_process:
         paths.root.mkdir(parents=True, exist_ok=True)
         write_config(paths, cfg)
@@ -136,16 +141,18 @@ def train_prior(cfg: PriorTrainingConfig, paths: PriorRunPaths, resume: bool = F
 
 
 def train_prior_command(config: Optional[str], overrides: list[str], resume: Optional[Path], out: Optional[Path]) -> Path:
+    from sjc3d.preemption import Preempted, stop_on_signals
+
     cfg, paths = resolve_run(config, overrides, resume, out)
     torch.manual_seed(cfg.run.seed)
-    trainer = train_prior(cfg, paths, resume=resume is not None)
+    with stop_on_signals() as stop:  # SIGTERM/SIGINT: checkpoint at the next step, then exit 75
+        trainer = train_prior(cfg, paths, resume=resume is not None, stop=stop)
+    if trainer.stopped:
+        raise Preempted(f"checkpoint written; continue with: sjc3d train-prior --resume {paths.root}", stop.signal)
     if trainer.main:
-        if trainer.stopped:
-            print(f"stopped: checkpoint written; continue with `sjc3d train-prior --resume {paths.root}`")
-        else:
-            print(f"model: {paths.model}  (card: {paths.model / 'MODEL.md'})")
-            print(f"samples: {paths.samples}")
-            print(f"use it: sjc3d fit IMAGE --model {paths.model} -c learned-cpu")
+        print(f"model: {paths.model}  (card: {paths.model / 'MODEL.md'})")
+        print(f"samples: {paths.samples}")
+        print(f"use it: sjc3d fit IMAGE --model {paths.model} -c learned-cpu")
     return paths.model
 
 

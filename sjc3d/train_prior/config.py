@@ -28,6 +28,7 @@ class DataConfig:
     procedural_views: int = 12  # views per object (Zero-1-to-3's renders have 12)
     procedural_seed: int = 0
     procedural_cache: str = "outputs/prior/data"  # the procedural views are written (once) below this folder
+    workers: int = 2  # processes rendering the procedural views
     held_out_objects: int = 16  # objects kept out of training: validation loss and sample grids
 
 

@@ -53,12 +53,12 @@ def split_objects(n_objects: int, n_held_out: int, seed: int) -> tuple[Tensor, T
     return order[n_held_out:].sort().values, order[:n_held_out].sort().values
 
 
-def load_view_set(root: Path, size: int) -> ViewSet:
+def load_view_set(root: Path, size: int, progress: bool = False) -> ViewSet:
     """Read a folder in the Zero-1-to-3 layout (sjc3d/datasets/zero123_layout.py) at `size`².
 
     Bad folders raise one-line InputErrors naming the file (missing .npy, wrong shape, unreadable PNG).
     """
     from sjc3d.datasets.zero123_layout import load_dataset
 
-    data = load_dataset(root, size)
+    data = load_dataset(root, size, progress)
     return ViewSet(data.images, data.c2w, data.offsets, list(data.names))

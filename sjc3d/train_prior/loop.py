@@ -141,6 +141,21 @@ class Metrics:
                 f.write(json.dumps(record) + "\n")
 
 
+def load_training_checkpoint(path: Path) -> dict:
+    """A train-prior checkpoint, read without executing pickled code; a bad file is one line."""
+    from sjc3d.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise InputError(f"checkpoint {path} is corrupt or not a train-prior checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("stage") not in ("autoencoder", "diffusion"):
+        raise InputError(f"checkpoint {path} is not a train-prior checkpoint (no training stage recorded)")
+    return state
+
+
 def truncate_metrics(path: Path, stage: str, step: int) -> None:
     """Drop lines logged after the checkpoint being resumed (a killed run may have written them)."""
     if not path.is_file():
@@ -194,7 +209,10 @@ class PriorTrainer:
             "scaling_factor": float(self.parts.vae.config.scaling_factor),
             "logs": {k: vars(v) for k, v in self.logs.items()},
         }
-        save_checkpoint(self.paths.checkpoint, state)
+        from sjc3d.preemption import signals_deferred
+
+        with signals_deferred():  # a SIGTERM/Ctrl-C arriving now waits until the file is whole
+            save_checkpoint(self.paths.checkpoint, state)
 
     # -- stage 1 -------------------------------------------------------------------------------
 
