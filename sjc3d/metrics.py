@@ -246,6 +246,31 @@ def psnr(a, b, max_value: float = 1.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(max_value**2 / mse)
 
 
+def ssim(a, b, max_value: float = 1.0, sigma: float = 1.5) -> float:
+    """Structural similarity (Wang et al. 2004) of two images [H, W, C], mean over pixels and channels.
+
+    The standard form: Gaussian window σ = 1.5 (truncated at 3.5σ, 11 taps), K1 = 0.01, K2 = 0.03,
+    statistics per channel, 'valid' borders (no padding).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a, dtype=np.float64)
+    b = np.asarray(b.detach().cpu() if hasattr(b, "detach") else b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"ssim of images of different shapes {a.shape} and {b.shape}")
+    c1, c2 = (0.01 * max_value) ** 2, (0.03 * max_value) ** 2
+    radius = int(3.5 * sigma + 0.5)
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return gaussian_filter(x, sigma=(sigma, sigma, 0), truncate=3.5)[radius:-radius, radius:-radius]
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(index.mean())
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
