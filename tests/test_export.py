@@ -437,7 +437,7 @@ def make_run(root, output: str = "rgb", zero_field: bool = False, input_size: in
     renderer = build_renderer(field, config.render)
     state = field.state_dict()
     if zero_field:
-        state = {k: torch.zeros_like(v) for k, v in state.items()}
+        state = {k: torch.zeros_like(v) if torch.is_tensor(v) else v for k, v in state.items()}  # extra state kept
         field.load_state_dict(state)
     background = torch.ones(field.n_channels)
     save_checkpoint(paths.last_checkpoint, {"step": 3, "field": state, "renderer": renderer.state_dict(), "background": background})
