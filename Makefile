@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-browser bench clean
+.PHONY: demo test test-all test-faults test-browser bench clean
 
 # torch==2.13.0 first: that CPU wheel lies on disk; anything looser can pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
+
+# The end-to-end fault tests (about a minute): signals to child fits, a filling disk (a small
+# tmpfs when run as root), two fits on one folder, a Ray worker killed mid-trial.
+test-faults: $(STAMP)
+	$(PY) -m pytest -q -m faults tests/test_faults.py
 
 # `sjc3d app` in headless Chromium: Debian's chromium (Playwright cannot fetch its own browser
 # here), the app and browser extras, then the app's tests with Gradio and the browser tests.

@@ -237,7 +237,8 @@ def open_run(config: Config, image: Optional[Path], paths: RunPaths, resume: boo
 
     Returns (stage, step to continue after, seconds trained before).  Called with the lock held.
     """
-    remove_partials(paths.checkpoints)  # temporary files of a writer that was killed
+    for folder in (paths.root, paths.checkpoints, paths.previews):
+        remove_partials(folder)  # temporary files of a writer that was killed (kill -9, power loss)
     if resume:
         state, _ = load_resume_checkpoint(paths)
         stage = build_stage(config, None, view=InputView(state["input_rgb"], state["input_mask"]), prior=prior)

@@ -1,9 +1,11 @@
 """The faults of real machines (issue 13): preemption, full disks, two runs in one folder, lost workers.
 
-The end-to-end cases drive real `sjc3d fit` child processes (signals, a filled disk, two fits on
-one folder) and a real Ray worker; each checks the one-line outcome and that the resumed run
-ends at the same final step with every metric line in place.  The in-process cases pin down
-the pieces (atomic writes, the signal contract, the lock, the checkpoint history).
+In-process cases (the default run) pin down the pieces: atomic writes and their errors, the
+signal contract, the lock, the checkpoint history, a stopped sweep trial, train-prior.  The
+end-to-end cases, marked `faults` (`make test-faults`, about a minute), drive real `sjc3d fit`
+child processes (SIGTERM and SIGINT, a filling disk, two fits on one folder, four processes
+racing for a lock) and a real Ray worker killed mid-trial.  Each checks the one-line outcome and
+that the resumed run ends at the same final step with every metric line in place.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ from sjc3d.preemption import Preempted, signals_deferred, stop_on_signals
 from sjc3d.rundir import RunPaths, load_checkpoint
 from sjc3d.runlock import RunLock, RunLocked
 from sjc3d.trainer import FitInterrupted, fit
-
-pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = ["train.preview_every=0", "train.log_every=1"]
@@ -249,6 +249,7 @@ def test_a_second_signal_during_the_checkpoint_write_waits_for_it(tmp_path, monk
 # --------------------------------------------------------------------------- signals, child processes
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_fit_saves_its_last_step_exits_75_and_resumes(tmp_path, signum):
     run = tmp_path / "run"
@@ -265,6 +266,47 @@ def test_a_signalled_fit_saves_its_last_step_exits_75_and_resumes(tmp_path, sign
     assert saved == metric_steps(run)[-1] >= 5  # the checkpoint holds every completed step
     assert not (run / ".lock").exists()
     resume_to(run, saved + 3)
+
+
+# A prior small enough to train in seconds (as tests/test_train_prior.py): 16² views, 8² latents.
+TINY_PRIOR = [
+    "model.image_size=16", "model.vae_channels=[8, 8]", "model.unet_channels=[16, 16]", "model.unet_layers=1",
+    "model.unet_cross_attention=[false, true]", "model.embedding_dim=16", "model.clip_width=16",
+    "model.clip_layers=1", "model.clip_heads=2", "model.clip_patch=4", "model.clip_image_size=16",
+    "autoencoder.steps=4", "autoencoder.batch=4", "autoencoder.crop=8",
+    "diffusion.steps=6", "diffusion.batch=4", "diffusion.warmup=2",
+    "data.held_out_objects=2", "run.checkpoint_every=100", "run.log_every=1", "run.sample_every=0",
+    "run.samples=2", "run.sample_steps=2", "run.device=cpu", "run.weights_dtype=float32",
+]
+
+
+def test_train_prior_stops_on_sigterm_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
+    from sjc3d.train_prior import loop
+    from sjc3d.train_prior.command import train_prior_command
+
+    data = ["data.procedural_objects=8", "data.procedural_views=4", f"data.procedural_cache={tmp_path / 'views'}"]
+    original, calls = loop.PriorTrainer._denoising_loss, []
+
+    def preempted_in_step_3(self, *args, **kwargs):  # one call per diffusion step until the end
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.PriorTrainer, "_denoising_loss", preempted_in_step_3)
+    run = tmp_path / "prior"
+    with pytest.raises(Preempted) as info:
+        train_prior_command("toy", [*TINY_PRIOR, *data], None, run)
+    assert info.value.exit_code == 75 and info.value.label == "stopped by SIGTERM"
+    assert str(info.value) == f"checkpoint written; continue with: sjc3d train-prior --resume {run}"
+    state = load_checkpoint(loop.PriorRunPaths(run).checkpoint)
+    assert (state["stage"], state["step"]) == ("diffusion", 3)  # the step in progress was completed
+    monkeypatch.setattr(loop.PriorTrainer, "_denoising_loss", original)
+
+    train_prior_command(None, [], run, None)
+    records = [json.loads(line) for line in loop.PriorRunPaths(run).metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if r["stage"] == "diffusion"] == [1, 2, 3, 4, 5, 6]
+    assert (loop.PriorRunPaths(run).model / "model_index.json").is_file()
 
 
 # --------------------------------------------------------------------------- full disk
@@ -326,6 +368,7 @@ def fill(folder: Path) -> Path:
     return filler
 
 
+@pytest.mark.faults
 def test_a_fit_on_a_disk_that_fills_up_ends_in_one_line_and_resumes(small_disk):
     run = small_disk / "run"
     child = start_fit(run, "train.checkpoint_every=3")
@@ -363,6 +406,7 @@ lock.release()
 """
 
 
+@pytest.mark.faults
 def test_processes_starting_at_the_same_instant_cannot_both_win_the_lock(tmp_path):
     for round_ in range(2):
         go = tmp_path / f"go{round_}"
@@ -391,6 +435,7 @@ def test_a_lock_from_another_host_is_refused_unless_its_owner_is_known_dead(tmp_
     assert "took over the lock" in capsys.readouterr().err
 
 
+@pytest.mark.faults
 def test_a_second_fit_on_a_live_run_stops_at_once_and_a_killed_owner_is_taken_over(tmp_path):
     run = tmp_path / "run"
     owner = start_fit(run, "train.checkpoint_every=2")
@@ -435,6 +480,8 @@ def test_an_unreadable_last_checkpoint_falls_back_to_the_history(tmp_path, capsy
     assert [s for s, _ in paths.history()] == [5, 4]  # steps 2 and 4 written, 2 pruned; the stop wrote 5
     assert paths.last_checkpoint.samefile(paths.history_checkpoint(5))  # one file, two names
     paths.last_checkpoint.write_bytes(b"\0" * 100)  # the disk lost the data behind both names
+    leftover = paths.checkpoints / ".last.0badc0de.partial.pt"  # what a writer killed mid-write leaves
+    leftover.write_bytes(b"\0" * 100)
 
     resumed = fit(oracle_config(8, "train.keep_checkpoints=2"), None, run, resume=True, progress=False)
     err = capsys.readouterr().err
@@ -442,7 +489,7 @@ def test_an_unreadable_last_checkpoint_falls_back_to_the_history(tmp_path, capsy
             and f"resuming from {paths.history_checkpoint(4)} (step 4) instead (also unreadable: step_000005.pt)"
             in err)
     assert resumed.start_step == 4 and resumed.step == 8 and metric_steps(run) == list(range(1, 9))
-    assert (paths.checkpoints / "last.pt.unreadable").is_file()
+    assert (paths.checkpoints / "last.pt.unreadable").is_file() and not leftover.exists()
     assert [s for s, _ in paths.history()] == [8, 6]
     a = load_checkpoint(RunPaths(straight.run_dir).final_checkpoint)["field"]
     assert fields_equal(a, load_checkpoint(paths.final_checkpoint)["field"])
@@ -489,6 +536,7 @@ def test_a_stopped_local_trial_resumes_on_a_re_run(tmp_path):
     assert (row["status"], row["retries"]) == ("ok", "1")
 
 
+@pytest.mark.faults
 def test_a_ray_trial_whose_worker_is_killed_resumes_from_its_checkpoint(tmp_path):
     pytest.importorskip("ray")
     from sjc3d.runlock import read_owner
