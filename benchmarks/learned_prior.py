@@ -1,0 +1,192 @@
+"""The shipped learned prior on held-out procedural objects: novel views, and 3D against score-off.
+
+    python benchmarks/learned_prior.py                                  # both parts, 8 objects
+    python benchmarks/learned_prior.py --part views --guidance 1 3 10   # novel views only
+    python benchmarks/learned_prior.py --part 3d --variant g3 prior.guidance_scale=3 \\
+        --variant g100 prior.guidance_scale=100                         # an A/B: one table
+
+The objects are the `test` split of `sjc3d make-views` (seed 0): a split the training data
+(`train`) never draws from, so the model has seen none of them.  Each object's input view is
+its true render at the fit's input camera (elevation 0°, azimuth 0°, radius 2).
+
+Novel views.  The model is conditioned on the true input view (the render itself, at the
+model's image size, as the training views were framed) and sampled with DDIM at 6 relative
+poses; PSNR and SSIM against the true views, each averaged over objects, poses and seeds.
+Baseline: "copy the input", the input view returned unchanged for every pose.
+
+3D.  `fit` + export with the preset (default `learned-cpu`) for each variant — by default the
+prior against the same fit with the score switched off (`sjc.weight=0`: reference-view losses
+only) — and volume IoU (64³), Chamfer and F-score against the object's true surface, both meshes
+normalised to unit size (sjc3d.metrics.evaluate_meshes), per object and mean; plus the fit's
+time per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sjc3d.cameras import input_c2w, spherical_to_c2w, zero123_pose  # noqa: E402
+from sjc3d.config import load_config  # noqa: E402
+from sjc3d.datasets.make_views import ViewsSpec, procedural_object  # noqa: E402
+from sjc3d.datasets.raytrace import composite_on_white, render_views  # noqa: E402
+from sjc3d.metrics import evaluate_meshes, psnr, ssim  # noqa: E402
+
+DEFAULT_MODEL = "assets/zero123-toy"
+INPUT_ELEVATION, INPUT_RADIUS = 0.0, 2.0
+# (Δazimuth°, Δelevation°) of the target views: around the object, and from above.
+TARGETS = [(45.0, 0.0), (90.0, 0.0), (180.0, 0.0), (270.0, 0.0), (0.0, 30.0), (135.0, 30.0)]
+FIT_INPUT_SIZE = 256
+
+
+def held_out_objects(n: int, seed: int = 0):
+    spec = ViewsSpec(seed=seed, split="test")
+    return [procedural_object(spec, k) for k in range(n)]
+
+
+def true_view(obj, elevation: float, azimuth: float, radius: float, size: int) -> torch.Tensor:
+    """RGBA [size, size, 4] of the object seen from a spherical camera (the training renderer)."""
+    c2w = spherical_to_c2w(torch.tensor([elevation]), torch.tensor([azimuth]), torch.tensor([radius]))
+    return render_views(obj, c2w, size)[0]
+
+
+# ----------------------------------------------------------------------------- novel views
+
+
+def views_part(model: str, objects, guidances: list[float], seeds: int, steps: int) -> list[dict]:
+    from sjc3d.priors.zero123 import load_zero123
+    from sjc3d.views import sample_views
+
+    prior = load_zero123(str(ROOT / model) if not Path(model).exists() else model, device="cpu")
+    size = prior.image_size
+    source = input_c2w(INPUT_ELEVATION, INPUT_RADIUS)
+    targets = spherical_to_c2w(torch.tensor([INPUT_ELEVATION + e for _, e in TARGETS]),
+                               torch.tensor([a for a, _ in TARGETS]), torch.full((len(TARGETS),), INPUT_RADIUS))
+    poses = zero123_pose(source, targets)
+    rows = []
+    for k, obj in enumerate(objects):
+        image = composite_on_white(true_view(obj, INPUT_ELEVATION, 0.0, INPUT_RADIUS, size))
+        truth = composite_on_white(render_views(obj, targets, size))
+        prior.condition(image, INPUT_ELEVATION, INPUT_RADIUS)
+        for j in range(len(TARGETS)):
+            rows.append({"object": k, "pose": j, "method": "copy-input", "psnr": psnr(image, truth[j]),
+                         "ssim": ssim(image, truth[j])})
+        for guidance in guidances:
+            for seed in range(seeds):
+                generator = torch.Generator().manual_seed(1000 * k + seed)
+                samples = sample_views(prior, poses, steps, guidance, generator).cpu()
+                for j in range(len(TARGETS)):
+                    rows.append({"object": k, "pose": j, "method": f"prior g{guidance:g}", "seed": seed,
+                                 "psnr": psnr(samples[j], truth[j]), "ssim": ssim(samples[j], truth[j])})
+        print(f"views: object {k} done", flush=True)
+    return rows
+
+
+def print_views(rows: list[dict]) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    header = "".join(f"  {f'Δaz {a:g} Δel {e:g}':>15}" for a, e in TARGETS)
+    print(f"\nnovel views, PSNR dB (SSIM) per pose, mean over objects and seeds\n{'method':<14}{header}  {'mean':>13}")
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        cells = []
+        for j in range(len(TARGETS)):
+            at = [r for r in mine if r["pose"] == j]
+            cells.append(f"  {statistics.mean(r['psnr'] for r in at):6.2f} ({statistics.mean(r['ssim'] for r in at):.3f})")
+        mean = f"{statistics.mean(r['psnr'] for r in mine):6.2f} ({statistics.mean(r['ssim'] for r in mine):.3f})"
+        print(f"{method:<14}{''.join(cells)}  {mean:>13}")
+
+
+# ----------------------------------------------------------------------------- 3D
+
+
+def write_input_image(obj, path: Path) -> Path:
+    from sjc3d.image import save_png
+
+    return save_png(path, true_view(obj, INPUT_ELEVATION, 0.0, INPUT_RADIUS, FIT_INPUT_SIZE))
+
+
+def reconstruct(obj, k: int, preset: str, overrides: list[str], out: Path) -> dict:
+    from sjc3d.export import export_field
+    from sjc3d.rundir import load_run
+    from sjc3d.trainer import fit
+
+    image = write_input_image(obj, out / f"object{k}.png")
+    config = load_config([preset], [*overrides])
+    start = time.perf_counter()
+    result = fit(config, image, out / f"object{k}", progress=False)
+    fit_time = time.perf_counter() - start
+    run = load_run(out / f"object{k}")
+    with torch.no_grad():
+        exported = export_field(run.field, config.export)  # geometry is what is scored; no colours needed
+    metrics = evaluate_meshes(exported.mesh, obj.mesh())
+    exported.mesh.export(out / f"object{k}.ply")
+    return {"object": k, "iou": metrics.iou, "chamfer": metrics.chamfer, "f_score": metrics.f_score,
+            "fit_s": fit_time, "ms_per_step": 1000 * fit_time / max(result.step, 1)}
+
+
+def print_3d(rows: list[dict], variants: list[str]) -> None:
+    print(f"\n3D: volume IoU / Chamfer per object, and the mean\n{'variant':<16}"
+          + "".join(f"{'obj ' + str(k):>14}" for k in sorted({r['object'] for r in rows})) + f"{'mean IoU':>10}{'Chamfer':>9}{'ms/step':>9}")
+    for name in variants:
+        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["object"])
+        cells = "".join(f"{r['iou']:7.3f}/{r['chamfer']:.3f}" for r in mine)
+        print(f"{name:<16}{cells}{statistics.mean(r['iou'] for r in mine):10.3f}"
+              f"{statistics.mean(r['chamfer'] for r in mine):9.4f}{statistics.mean(r['ms_per_step'] for r in mine):9.1f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides common to every 3D fit")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--part", choices=["views", "3d", "both"], default="both")
+    parser.add_argument("--objects", type=int, default=8)
+    parser.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="novel views: guidance scales")
+    parser.add_argument("--seeds", type=int, default=2, help="novel views: samples per pose")
+    parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--preset", default="learned-cpu")
+    parser.add_argument("--steps", type=int, default=None, help="override train.steps of the fits")
+    parser.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE]",
+                        help="3D: a named set of overrides (repeatable); default: prior vs score-off")
+    parser.add_argument("--out", type=Path, default=None, help="keep runs, meshes and results.json here")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    objects = held_out_objects(args.objects)
+    out = args.out or Path(tempfile.mkdtemp(prefix="sjc3d-learned-prior-"))
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"model": args.model, "objects": args.objects}
+    if args.part in ("views", "both"):
+        results["views"] = views_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps)
+        print_views(results["views"])
+    if args.part in ("3d", "both"):
+        variants = args.variant or [["prior"], ["score-off", "sjc.weight=0"]]
+        common = [f"prior.source={args.model}", *args.overrides]
+        if args.steps is not None:
+            common.append(f"train.steps={args.steps}")
+        rows = []
+        for name, *extra in variants:
+            for k, obj in enumerate(objects):
+                row = {"variant": name, **reconstruct(obj, k, args.preset, [*common, *extra], out / name)}
+                rows.append(row)
+                print(f"3d: {name} object {k}: IoU {row['iou']:.3f} Chamfer {row['chamfer']:.4f} "
+                      f"({row['fit_s']:.0f} s, {row['ms_per_step']:.0f} ms/step)", flush=True)
+        results["3d"] = rows
+        print_3d(rows, [v[0] for v in variants])
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nresults: {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
