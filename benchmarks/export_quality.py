@@ -5,7 +5,8 @@
 For each run directory (any `sjc3d fit` output: RGB or latent field):
 
 Colour table
-    The mesh is exported at each face budget (`--faces`, 0 = no decimation) with vertex
+    The mesh is exported (Taubin smoothing as the library default, `--smooth`) at each face
+    budget (`--faces`, 0 = no decimation) with vertex
     colours and with a baked texture (`--texture-size`), then rendered (sjc3d.mesh_raster,
     unlit, 4× supersampled and box-filtered, textures sampled bilinearly) from 8 views around
     the object: azimuths 0°, 45°, …, 315° at elevations alternating 0° and 30°, at the run's
@@ -15,7 +16,8 @@ Colour table
               field), i.e. how faithfully the file keeps what was fitted;
       truth   the ground-truth mesh rendered as the oracle prior renders it (`--truth`, for
               oracle runs), i.e. how close the file is to the real object.
-    Figures are means over the 8 views.
+    Figures are means over the 8 views; "(inside)" scores only the pixels that both images
+    cover fully (coverage/opacity > 0.999), i.e. the colours without the silhouettes.
 
 Surface table (with `--truth`)
     Geometry alone under smoothing variants — none, Taubin λ|μ passes on the mesh, a Gaussian
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from sjc3d.cameras import spherical_to_c2w
+from sjc3d.config import ExportConfig
 from sjc3d.export import ColorViews, export_field, field_geometry, render_colored_mesh
 from sjc3d.metrics import evaluate_meshes, psnr
 from sjc3d.rundir import load_run
@@ -50,10 +53,11 @@ SMOOTHING = [  # (name, Taubin passes, density σ in voxels)
     ("none", 0, 0.0),
     ("taubin 10", 10, 0.0),
     ("taubin 30", 30, 0.0),
+    ("taubin 60", 60, 0.0),
     ("density σ 0.75", 0, 0.75),
     ("density σ 1.0", 0, 1.0),
     ("density σ 1.5", 0, 1.5),
-    ("σ 1.0 + taubin 10", 10, 1.0),
+    ("σ 0.75 + taubin 30", 30, 0.75),
 ]
 
 
@@ -65,26 +69,29 @@ def view_cameras(n: int, radius: float) -> torch.Tensor:
 
 
 def render_mesh_views(mesh, c2w: torch.Tensor, fov_deg: float, size: int) -> list[torch.Tensor]:
-    """Unlit renders [size, size, 3] of an exported mesh, supersampled and box-filtered."""
+    """Unlit RGBA renders [size, size, 4] of an exported mesh (alpha: coverage), supersampled
+    and box-filtered."""
     out = []
     for cam in c2w:
-        rgb, _ = render_colored_mesh(mesh, cam, fov_deg, size * SUPERSAMPLE)
-        out.append(F.avg_pool2d(rgb.permute(2, 0, 1)[None], SUPERSAMPLE)[0].permute(1, 2, 0))
+        rgb, mask = render_colored_mesh(mesh, cam, fov_deg, size * SUPERSAMPLE)
+        rgba = torch.cat([rgb, mask[..., None].float()], -1)
+        out.append(F.avg_pool2d(rgba.permute(2, 0, 1)[None], SUPERSAMPLE)[0].permute(1, 2, 0))
     return out
 
 
 @torch.no_grad()
 def field_views(run, c2w: torch.Tensor, size: int, decode) -> list[torch.Tensor]:
-    """The field's own renders [S, S, 3] (latent fields: decoded; S = the decoder's size)."""
+    """The field's own renders [S, S, 4] (RGB + opacity; latent fields: decoded, S = the decoder's size)."""
     fov = run.config.camera.fov_deg
     out = []
     for cam in c2w:
+        rendered = run.renderer.render_views(cam[None], fov, size, run.background)
         if decode is None:
-            rendered = run.renderer.render_views(cam[None], fov, size, run.background)
-            out.append(rendered.features[0, ..., :3].clamp(0, 1))
+            rgb = rendered.features[0, ..., :3].clamp(0, 1)
         else:
-            rendered = run.renderer.render_views(cam[None], fov, size, run.background)
-            out.append(decode(rendered.features.permute(0, 3, 1, 2).contiguous())[0].float().clamp(0, 1))
+            rgb = decode(rendered.features.permute(0, 3, 1, 2).contiguous())[0].float().clamp(0, 1)
+        alpha = F.interpolate(rendered.opacity.permute(0, 3, 1, 2), size=rgb.shape[:2], mode="bilinear")[0, 0]
+        out.append(torch.cat([rgb, alpha[..., None]], -1))
     return out
 
 
@@ -101,16 +108,29 @@ def truth_views(truth_path: Path, up: str, c2w: torch.Tensor, fov_deg: float, si
         centre = cam[:3, 3].double()
         radius = float(centre.norm())
         camera = SphericalCamera(float(torch.acos(centre[2] / radius)), float(torch.atan2(centre[1], centre[0])), radius)
-        out.append(render_truth(vertices, faces, colors, camera, fov_deg, size).rgb)
+        view = render_truth(vertices, faces, colors, camera, fov_deg, size)
+        out.append(torch.cat([view.rgb, view.alpha[..., None]], -1))
     return out
 
 
 def mean_psnr(images: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    return float(np.mean([psnr(a, b) for a, b in zip(images, targets)]))
+    """Mean over views of the whole-image PSNR (RGB; an alpha channel is ignored)."""
+    return float(np.mean([psnr(a[..., :3], b[..., :3]) for a, b in zip(images, targets)]))
+
+
+def mean_inside_psnr(images: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+    """Mean over views of the PSNR over pixels fully covered in both (colour, not silhouette)."""
+    values = []
+    for a, b in zip(images, targets):
+        inside = (a[..., 3] > 0.999) & (b[..., 3] > 0.999)
+        if inside.any():
+            values.append(psnr(a[inside][:, :3], b[inside][:, :3]))
+    return float(np.mean(values)) if values else float("nan")
 
 
 def colour_rows(run, args, truth: list | None) -> list[dict]:
-    cfg0 = dataclasses.replace(run.config.export, resolution=args.resolution or run.config.export.resolution)
+    cfg0 = dataclasses.replace(run.config.export, resolution=args.resolution or run.config.export.resolution,
+                               smooth_iterations=args.smooth)
     cam = run.config.camera
     c2w = view_cameras(args.views, cam.radius)
     views, decode = None, None
@@ -140,11 +160,14 @@ def colour_rows(run, args, truth: list | None) -> list[dict]:
                 "faces": len(result.mesh.faces), "budget": faces,
                 "colours": f"tex {texture_size}" if texture else "vertex",
                 "psnr_field": mean_psnr(renders, targets),
+                "psnr_field_inside": mean_inside_psnr(renders, targets),
                 "psnr_truth": mean_psnr(renders, truth) if truth is not None else float("nan"),
+                "psnr_truth_inside": mean_inside_psnr(renders, truth) if truth is not None else float("nan"),
                 "export_s": seconds,
             })
-            print(f"  {rows[-1]['budget']:>6} {rows[-1]['faces']:>7} {rows[-1]['colours']:<9} "
-                  f"{rows[-1]['psnr_field']:8.2f} {rows[-1]['psnr_truth']:8.2f} {seconds:8.1f}", flush=True)
+            r = rows[-1]
+            print(f"  {r['budget']:>6} {r['faces']:>7} {r['colours']:<9} {r['psnr_field']:8.2f} {r['psnr_field_inside']:8.2f} "
+                  f"{r['psnr_truth']:8.2f} {r['psnr_truth_inside']:8.2f} {seconds:8.1f}", flush=True)
     field_vs_truth = mean_psnr(targets, truth) if truth is not None else float("nan")
     print(f"  (the field's own renders against the truth: {field_vs_truth:.2f} dB)")
     rows.append({"colours": "field itself", "psnr_truth": field_vs_truth})
@@ -174,6 +197,8 @@ def main() -> int:
     parser.add_argument("--faces", default="0,5000,20000", help="face budgets, 0 = no decimation")
     parser.add_argument("--texture-size", default="1024", help="texture sides to try, e.g. 512,1024")
     parser.add_argument("--resolution", type=int, default=None, help="marching-cubes grid (default: the run's)")
+    parser.add_argument("--smooth", type=int, default=ExportConfig().smooth_iterations,
+                        help="Taubin passes for the colour table (default: the library default)")
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--size", type=int, default=256, help="render side for RGB fields")
     parser.add_argument("--no-surface", action="store_true", help="skip the smoothing table")
@@ -200,7 +225,8 @@ def main() -> int:
             if truth_path is not None:
                 truth = truth_views(truth_path, up, view_cameras(args.views, run.config.camera.radius),
                                     run.config.camera.fov_deg, size)
-            print(f"  {'budget':>6} {'faces':>7} {'colours':<9} {'PSNR/field':>8} {'PSNR/truth':>8} {'export s':>8}")
+            print(f"  {'budget':>6} {'faces':>7} {'colours':<9} {'field':>8} {'(inside)':>8} {'truth':>8} {'(inside)':>8} "
+                  f"{'export s':>8}   (8-view mean PSNR, dB)")
             record["colour"] = colour_rows(run, args, truth)
         if truth_path is not None and not args.no_surface:
             from sjc3d.priors.oracle import load_world_mesh

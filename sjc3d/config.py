@@ -168,7 +168,7 @@ class ExportConfig:
     threshold: Optional[float] = None  # None = automatic from the density distribution
     chunk: int = 262144  # grid points per density query
     min_component_fraction: float = 0.02  # drop floaters with fewer faces than this share
-    smooth_iterations: int = 0  # Taubin λ|μ passes on the mesh
+    smooth_iterations: int = 30  # Taubin λ|μ passes on the mesh (removes hash-grid facets; README)
     density_sigma: float = 0.0  # Gaussian filter on the density grid before marching cubes (voxels)
     max_faces: int = 0  # 0 = no decimation
     color_views: int = 16  # rendered views used to colour a latent field

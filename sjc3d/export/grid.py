@@ -206,7 +206,10 @@ def filter_density(volume: np.ndarray, level: float, sigma: float) -> tuple[np.n
     any surface exists. Filtering alone would move the surface, though: a blurred step crosses
     a level below its midpoint further out (the shape grows) and one above it further in. So
     the level on the filtered grid is the one that keeps the *volume*: as many grid points at or
-    above it as the unfiltered grid has at or above `level`. Only the bumps go.
+    above it as the unfiltered grid has at or above `level`. What a low-pass filter also does is
+    round thin parts and sharp edges (volume moves from them to the bulk): on the oracle fits it
+    lowers volume IoU, which is why it is off by default and Taubin smoothing of the mesh is on
+    (README, "Export quality").
 
     Returns:
         (filtered volume with a zero outer layer, matched level).
