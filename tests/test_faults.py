@@ -1,11 +1,12 @@
 """The faults of real machines (issue 13): preemption, full disks, two runs in one folder, lost workers.
 
 In-process cases (the default run) pin down the pieces: atomic writes and their errors, the
-signal contract, the lock, the checkpoint history, a stopped sweep trial, train-prior.  The
-end-to-end cases, marked `faults` (`make test-faults`, about a minute), drive real `sjc3d fit`
-child processes (SIGTERM and SIGINT, a filling disk, two fits on one folder, four processes
-racing for a lock) and a real Ray worker killed mid-trial.  Each checks the one-line outcome and
-that the resumed run ends at the same final step with every metric line in place.
+signal contract, the lock, the checkpoint history, a stopped sweep trial.  The end-to-end
+cases, marked `faults` (`make test-faults`, a minute or two), drive real `sjc3d fit` child
+processes (SIGTERM and SIGINT, a filling disk, two fits on one folder, four processes racing
+for a lock), a real Ray worker killed mid-trial and a preempted `train-prior`.  Each checks the
+one-line outcome and that the resumed run ends at the same final step with every metric line in
+place.
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ TINY_PRIOR = [
 ]
 
 
+@pytest.mark.faults  # renders its procedural views and trains two stages: ~10-30 s
 def test_train_prior_stops_on_sigterm_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
     from sjc3d.train_prior import loop
     from sjc3d.train_prior.command import train_prior_command
@@ -299,7 +301,7 @@ def test_train_prior_stops_on_sigterm_with_a_checkpoint_and_resumes(tmp_path, mo
         train_prior_command("toy", [*TINY_PRIOR, *data], None, run)
     assert info.value.exit_code == 75 and info.value.label == "stopped by SIGTERM"
     assert str(info.value) == f"checkpoint written; continue with: sjc3d train-prior --resume {run}"
-    state = load_checkpoint(loop.PriorRunPaths(run).checkpoint)
+    state = loop.load_training_checkpoint(loop.PriorRunPaths(run).checkpoint)
     assert (state["stage"], state["step"]) == ("diffusion", 3)  # the step in progress was completed
     monkeypatch.setattr(loop.PriorTrainer, "_denoising_loss", original)
 
