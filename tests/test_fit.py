@@ -124,7 +124,10 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
     a = load_checkpoint(RunPaths(straight.run_dir).final_checkpoint)["field"]
     b = load_checkpoint(paths.final_checkpoint)["field"]
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-6), name
+        if isinstance(a[name], torch.Tensor):
+            assert torch.allclose(a[name], b[name], atol=1e-6), name
+        else:  # a module's extra state (the hash grid records its backend and geometry)
+            assert a[name] == b[name], name
 
 
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
