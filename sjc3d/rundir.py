@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from sjc3d.atomic import atomic_path, reporting_write_errors
+from sjc3d.atomic import PARTIAL, atomic_path, reporting_write_errors
 from sjc3d.config import Config, config_from_dict, read_yaml
 from sjc3d.errors import ConfigError, InputError, UserError
 
@@ -121,7 +121,7 @@ def save_run_checkpoint(paths: RunPaths, state: dict[str, Any], keep: int = 0) -
         return paths.last_checkpoint
     step_path = paths.history_checkpoint(int(state["step"]))
     save_checkpoint(step_path, state)
-    link = paths.checkpoints / f".last.{os.getpid()}.link.pt"
+    link = paths.checkpoints / f".last.{os.getpid()}.link{PARTIAL}.pt"  # a name remove_partials knows
     try:
         with contextlib.suppress(FileNotFoundError):
             link.unlink()

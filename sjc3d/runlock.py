@@ -31,7 +31,6 @@ the lock to two processes.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -42,6 +41,11 @@ from pathlib import Path
 from typing import Optional
 
 from sjc3d.atomic import reporting_write_errors
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: the lock falls back to the file's content
+    fcntl = None
 from sjc3d.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -126,7 +130,8 @@ class RunLock:
             for _ in range(10):  # more than one round only when an owner released right then
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
                 try:
-                    if self._lock(fd) and self._is_current(fd):
+                    self._lock(fd)
+                    if self._is_current(fd):
                         self._claim(fd)
                         self.fd = fd
                         return self
@@ -154,21 +159,22 @@ class RunLock:
 
     # -------------------------------------------------------------------- steps
 
-    def _lock(self, fd: int) -> bool:
-        """flock without waiting; RunLocked when held.  False: no flock here (use the content)."""
+    def _lock(self, fd: int) -> None:
+        """flock without waiting; RunLocked when held.  Without flock, the content decides (_claim)."""
+        if fcntl is None:
+            self.flock_works = False
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
         except BlockingIOError:
             owner = _wait_for_owner(fd)
             who = owner.describe() if owner else "another process"
             raise RunLocked(f"run directory {self.root} is in use by {who}; wait for it to finish or stop it "
                             f"(kill -TERM {owner.pid if owner else 'PID'} writes a checkpoint)") from None
         except OSError as e:
-            if e.errno in NO_FLOCK:
-                self.flock_works = False
-                return True
-            raise
+            if e.errno not in NO_FLOCK:
+                raise
+            self.flock_works = False
 
     def _is_current(self, fd: int) -> bool:
         """The file we locked is still the one at `path` (not unlinked by a releasing owner)."""

@@ -437,6 +437,24 @@ def test_a_lock_from_another_host_is_refused_unless_its_owner_is_known_dead(tmp_
     assert "took over the lock" in capsys.readouterr().err
 
 
+def test_without_flock_the_owner_named_in_the_file_decides(tmp_path, monkeypatch, capsys):
+    """A file system without flock (or no fcntl): a live pid on this host holds, a dead one does not."""
+    import sjc3d.runlock as runlock
+
+    monkeypatch.setattr(runlock, "fcntl", None)
+    me = socket.gethostname()
+    live = os.getppid()  # the process that started this one is alive
+    (tmp_path / ".lock").write_text(json.dumps({"pid": live, "host": me, "started": "x", "command": ""}))
+    with pytest.raises(RunLocked, match=f"in use by pid {live} on {me}"):
+        RunLock(tmp_path).acquire()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # exited: its pid names no process now
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead, "host": me, "started": "x", "command": ""}))
+    with RunLock(tmp_path) as lock:
+        assert lock.previous.pid == dead and not lock.flock_works
+    assert f"from pid {dead} on {me}" in capsys.readouterr().err and not (tmp_path / ".lock").exists()
+
+
 @pytest.mark.faults
 def test_a_second_fit_on_a_live_run_stops_at_once_and_a_killed_owner_is_taken_over(tmp_path):
     run = tmp_path / "run"
