@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="keep runs and meshes here")
     parser.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE]",
                         help="a named set of overrides; repeat for an A/B table")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # meshes and common overrides first, then the variants
     meshes = [Path(item) for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item] + ([f"train.steps={args.steps}"] if args.steps else [])
     variants = {v[0]: v[1:] for v in args.variant} if args.variant else {"-": []}

@@ -75,9 +75,10 @@ class Views:
 
 
 def oracle_input_view(config: Config, prior) -> InputView:
-    """Without an image, the oracle renders its own input view of the truth."""
+    """Without an image, the oracle renders its own input view of the truth, at the input camera."""
     if not is_oracle(config.prior.source):
         raise InputError("an input image is required (only --prior oracle:MESH renders its own input view)")
+    prior.condition(None, config.input.elevation, config.camera.radius)  # the oracle needs the camera, no image
     return prior.input_view(config.input.size)
 
 

@@ -188,3 +188,13 @@ def test_latent_reference_loss_decodes_the_render_at_the_model_size(tiny_zero123
     stage = build_stage(load_config(["cpu-tiny"], overrides + ["loss.ref_space=latent"]), None, view=view)
     assert stage.reference.shape == (1, 8, 8, 4)  # the encoded input view
     assert "ref_psnr" not in read_stats(stage, train_step(stage, 1))
+
+
+def test_the_oracle_renders_its_input_view_at_the_configured_input_camera():
+    from sjc3d.priors.oracle import SphericalCamera
+
+    stage = tiny_stage("input.elevation=30", "camera.radius=2.4")
+    truth = stage.prior.render(SphericalCamera(math.radians(60.0), 0.0, 2.4), stage.config.input.size)
+    assert torch.allclose(stage.view.rgb, truth.rgb) and torch.allclose(stage.view.mask, truth.alpha)
+    level = stage.prior.render(SphericalCamera(math.radians(90.0), 0.0, 2.0), stage.config.input.size)
+    assert not torch.allclose(stage.view.rgb, level.rgb)
