@@ -128,7 +128,7 @@ def mean_inside_psnr(images: list[torch.Tensor], targets: list[torch.Tensor]) ->
     return float(np.mean(values)) if values else float("nan")
 
 
-def colour_rows(run, args, truth: list | None) -> list[dict]:
+def colour_rows(run, args, truth_path: Path | None, up: str) -> list[dict]:
     cfg0 = dataclasses.replace(run.config.export, resolution=args.resolution or run.config.export.resolution,
                                smooth_iterations=args.smooth)
     cam = run.config.camera
@@ -144,9 +144,8 @@ def colour_rows(run, args, truth: list | None) -> list[dict]:
         targets = field_views(run, c2w, latent_size, decode)
     else:
         targets = field_views(run, c2w, args.size, None)
-    size = targets[0].shape[0]
-    if truth is not None and truth[0].shape[0] != size:
-        raise SystemExit(f"truth renders are {truth[0].shape[0]} px, field renders {size} px")
+    size = targets[0].shape[0]  # the decoder's output size for a latent field
+    truth = truth_views(truth_path, up, c2w, cam.fov_deg, size) if truth_path is not None else None
     rows = []
     for faces in args.faces:
         for texture_size in [0, *args.texture_size]:  # 0: vertex colours
@@ -215,19 +214,9 @@ def main() -> int:
         print(f"\n{run_dir} ({'RGB' if run.field.n_channels == 3 else 'latent'} field, grid {grid}^3)")
         record = {"run": str(run_dir), "truth": str(truth_path) if truth_path else None}
         if not args.no_colour:
-            size = args.size
-            if run.field.n_channels != 3:  # the decoder's output size
-                from sjc3d.priors import build_decoder
-
-                cam = run.config.camera
-                size = int((cam.input_resolution or cam.resolution) * build_decoder(run.config.prior, "cpu").factor)
-            truth = None
-            if truth_path is not None:
-                truth = truth_views(truth_path, up, view_cameras(args.views, run.config.camera.radius),
-                                    run.config.camera.fov_deg, size)
             print(f"  {'budget':>6} {'faces':>7} {'colours':<9} {'field':>8} {'(inside)':>8} {'truth':>8} {'(inside)':>8} "
                   f"{'export s':>8}   (8-view mean PSNR, dB)")
-            record["colour"] = colour_rows(run, args, truth)
+            record["colour"] = colour_rows(run, args, truth_path, up)
         if truth_path is not None and not args.no_surface:
             from sjc3d.priors.oracle import load_world_mesh
 
