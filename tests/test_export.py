@@ -395,7 +395,9 @@ def test_mesh_files_round_trip_with_colours(tmp_path, suffix):
     else:
         loaded_colors = loaded.visual.vertex_colors[:, :3].astype(float) / 255.0
     assert np.abs(loaded_colors - colors).max() <= 1.5 / 255
-    # Vertex normals are in the file: outward, radial on a sphere.
+    # Vertex normals are in the file (not recomputed by the reader): outward, radial on a sphere.
+    head = path.read_bytes()[:100_000]
+    assert {".glb": b'"NORMAL"', ".obj": b"\nvn ", ".ply": b"property float nx"}[suffix] in head
     normals = loaded.vertex_normals if suffix != ".glb" else read_glb(path.read_bytes())[1]["NORMAL"]
     assert (np.sum(normals * loaded.vertices, axis=1) > 0).all()
 

@@ -131,7 +131,7 @@ def write_mesh(mesh: trimesh.Trimesh, path: Path) -> Path:
             mtl = mtl_path.name
         atomic_write_text(path, _obj_text(vertices, faces, normals, colors, uv, mtl))
     else:
-        out = trimesh.Trimesh(vertices, faces, vertex_colors=mesh.visual.vertex_colors, process=False)
+        out = trimesh.Trimesh(vertices, faces, vertex_normals=normals, vertex_colors=mesh.visual.vertex_colors, process=False)
         with atomic_path(path) as tmp:
             out.export(tmp, file_type="ply", vertex_normal=True)
     return path
