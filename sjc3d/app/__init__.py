@@ -28,7 +28,7 @@ def require_gradio() -> None:
 def app_command(model: Optional[str], host: str, port: int, runs: Path, device: str = "auto") -> None:
     """Load the model once, build the page and serve it until interrupted."""
     require_gradio()
-    from sjc3d.app.examples import EXAMPLES_DIR
+    from sjc3d.app.examples import example_images
     from sjc3d.app.jobs import Engine, default_model
     from sjc3d.app.layout import build_app, launch
 
@@ -36,4 +36,4 @@ def app_command(model: Optional[str], host: str, port: int, runs: Path, device: 
     print(f"loading {model} ...", flush=True)
     engine = Engine(model, runs, device=device)
     runs.mkdir(parents=True, exist_ok=True)
-    launch(build_app(engine), host, port, allowed=[runs.resolve(), EXAMPLES_DIR])
+    launch(build_app(engine), host, port, allowed=[runs.resolve(), *example_images()])

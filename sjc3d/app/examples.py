@@ -1,6 +1,8 @@
-"""The app's bundled example inputs: images the project makes itself, in assets/examples/.
+"""The app's bundled example inputs: images the project makes itself.
 
-`python -m sjc3d.app.examples` renders the toy object the project ships (assets/toy.obj) from
+assets/example.png is the held-out procedural object the shipped toy prior is demonstrated on
+(made by assets/make_example.py); assets/examples/ holds the app's own.  `python -m
+sjc3d.app.examples` renders the toy object the project ships (assets/toy.obj) from
 the input camera with the ground-truth oracle's rasteriser and writes it as an RGBA PNG (the
 object's coverage as alpha), the same kind of input a user would upload.
 """
@@ -12,13 +14,16 @@ from pathlib import Path
 
 from sjc3d.config import CONFIGS_DIR
 
-EXAMPLES_DIR = CONFIGS_DIR.parent / "assets" / "examples"
+ASSETS = CONFIGS_DIR.parent / "assets"
+PROJECT_EXAMPLE = ASSETS / "example.png"
+EXAMPLES_DIR = ASSETS / "examples"
 SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def example_images(folder: Path = EXAMPLES_DIR) -> list[Path]:
-    """The example images, sorted by name (none if the folder is missing)."""
-    return sorted(p for p in folder.glob("*") if p.suffix.lower() in SUFFIXES) if folder.is_dir() else []
+    """assets/example.png first (when present), then the images in `folder`, sorted by name."""
+    own = sorted(p for p in folder.glob("*") if p.suffix.lower() in SUFFIXES) if folder.is_dir() else []
+    return ([PROJECT_EXAMPLE] if PROJECT_EXAMPLE.is_file() else []) + own
 
 
 def render_toy_example(path: Path, size: int = 256, fov_deg: float = 49.1) -> Path:

@@ -30,10 +30,7 @@ from sjc3d.errors import ConfigError, InputError, UserError
 
 TOY_MODEL = "assets/zero123-toy"  # the small demo model the project trains and ships (issue 9)
 ORACLE_NOTE = "ignores the uploaded image: it fits the shipped toy object with a ground-truth prior"
-PREVIEWS_PER_FIT = 4  # preview strips written during a fit from the app (train.preview_every = steps / 4)
-TURNTABLE_FRAMES = 60
-TURNTABLE_RESOLUTION = 128
-TURNTABLE_ELEVATION = 15.0
+PREVIEWS_PER_FIT = 4  # preview strips during a fit from the app, the final one included
 UPDATE_INTERVAL = 0.25  # seconds between two progress updates sent to the page
 ACCEPTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -66,6 +63,7 @@ class Preset:
     name: str
     description: str  # the preset file's first comment line
     oracle: bool  # the prior is the ground-truth oracle (no image, no model needed)
+    steps: int  # its train.steps
 
 
 def list_presets(configs: Path = CONFIGS_DIR) -> list[Preset]:
@@ -74,14 +72,16 @@ def list_presets(configs: Path = CONFIGS_DIR) -> list[Preset]:
     for path in sorted(configs.glob("*.yaml")):
         lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")]
         description = lines[0] if lines else ""
-        presets.append(Preset(path.stem, description, is_oracle(load_config([str(path)]).prior.source)))
+        config = load_config([str(path)])
+        presets.append(Preset(path.stem, description, is_oracle(config.prior.source), config.train.steps))
     return presets
 
 
 def default_preset(presets: list[Preset], model: str) -> str:
-    """learned-cpu (a latent fit with the toy prior) for the toy model, else the oracle's cpu-tiny."""
+    """learned-cpu (a latent fit with the toy prior) for the toy model, preview for Zero-1-to-3;
+    the oracle's cpu-tiny when that preset is missing."""
     names = [p.name for p in presets]
-    for name in (["learned-cpu"] if model == TOY_MODEL else []) + ["cpu-tiny", "preview"]:
+    for name in ["learned-cpu" if model == TOY_MODEL else "preview", "cpu-tiny"]:
         if name in names:
             return name
     return names[0]
@@ -117,6 +117,15 @@ class FitRequest:
     steps: int
     input_elevation: float = 0.0
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Turntable:
+    """The video rendered of every finished fit (`sjc3d render --video`)."""
+
+    frames: int = 60
+    resolution: int = 128
+    elevation: float = 15.0
 
 
 @dataclass
@@ -232,7 +241,7 @@ def zip_run(run_dir: Path) -> Path:
     return archive
 
 
-def export_run(run_dir: Path) -> RunFiles:
+def export_run(run_dir: Path, turntable: Turntable = Turntable()) -> RunFiles:
     """Mesh (GLB/OBJ/PLY), turntable and zip of a finished run, all by the library's commands."""
     from sjc3d.export import export_command, write_mesh
     from sjc3d.turntable import render_command
@@ -241,8 +250,8 @@ def export_run(run_dir: Path) -> RunFiles:
     exported = export_command(run_dir=run_dir, mesh=glb)
     obj = write_mesh(exported.mesh, run_dir / "mesh.obj")
     ply = write_mesh(exported.mesh, run_dir / "mesh.ply")
-    video = render_command(run_dir=run_dir, video=run_dir / "turntable.mp4", frames=TURNTABLE_FRAMES,
-                           elevation=TURNTABLE_ELEVATION, resolution=TURNTABLE_RESOLUTION)[0]
+    video = render_command(run_dir=run_dir, video=run_dir / "turntable.mp4", frames=turntable.frames,
+                           elevation=turntable.elevation, resolution=turntable.resolution)[0]
     return RunFiles(run_dir, glb, obj, ply, video, zip_run(run_dir))
 
 
@@ -254,9 +263,12 @@ class Engine:
 
     model: what `--model` named (hub id, folder, .ckpt); loaded once, here, unless `prior` is
         given already loaded (tests).
+    configs: the folder of the presets offered on the page.
+    overrides: `key=value` applied to every fit after the page's settings (tests: small exports).
     """
 
-    def __init__(self, model: str, runs: Path, device: str = "auto", prior=None) -> None:
+    def __init__(self, model: str, runs: Path, device: str = "auto", prior=None, configs: Path = CONFIGS_DIR,
+                 overrides: tuple[str, ...] = (), turntable: Turntable = Turntable()) -> None:
         from sjc3d.device import resolve_device
         from sjc3d.priors import resolve_project_path
 
@@ -274,7 +286,10 @@ class Engine:
             prior = load_zero123(self.model_source, image_encoder=PriorConfig().image_encoder, device=self.device)
         self.prior = prior
         self.device_lock = threading.Lock()
-        self.presets = list_presets()
+        self.configs = Path(configs)
+        self.presets = list_presets(self.configs)
+        self.overrides = list(overrides)
+        self.turntable = turntable
         self._jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
 
@@ -339,11 +354,15 @@ class Engine:
         job.stop.set()
         return True
 
+    def preset(self, name: str) -> Preset:
+        for preset in self.presets:
+            if preset.name == name:
+                return preset
+        raise ConfigError(f"preset {name!r}: choose one of {', '.join(p.name for p in self.presets)}")
+
     def fit_config(self, request: FitRequest) -> Config:
         """The preset with the page's settings; a non-oracle preset fits with the loaded model."""
-        names = [p.name for p in self.presets]
-        if request.preset not in names:
-            raise ConfigError(f"preset {request.preset!r}: choose one of {', '.join(names)}")
+        preset = self.preset(request.preset)
         if request.steps < 1:
             raise ConfigError(f"steps {request.steps}: must be at least 1")
         overrides = {
@@ -352,11 +371,12 @@ class Engine:
             "train.device": str(self.device),
             "input.elevation": request.input_elevation,
             # Live previews are the point of the page: a few strips whatever the preset says.
-            "train.preview_every": max(1, request.steps // PREVIEWS_PER_FIT),
+            "train.preview_every": math.ceil(request.steps / PREVIEWS_PER_FIT),
         }
-        if not next(p for p in self.presets if p.name == request.preset).oracle:
+        if not preset.oracle:
             overrides["prior.source"] = self.model_source
-        return load_config([request.preset], [f"{k}={v}" for k, v in overrides.items()])
+        preset = str(self.configs / f"{request.preset}.yaml")
+        return load_config([preset], [f"{k}={v}" for k, v in overrides.items()] + self.overrides)
 
     def fit(self, request: FitRequest, job_id: Optional[str] = None) -> Iterator[FitUpdate]:
         """Run a fit and stream its progress; the last update has `done=True`.
@@ -445,7 +465,7 @@ class Engine:
                     return
                 post(FitUpdate(total, total, "exporting the mesh and the turntable", preview=newest_preview(run_dir),
                                run_dir=run_dir))
-                files = export_run(run_dir)
+                files = export_run(run_dir, self.turntable)
             post(FitUpdate(total, total, f"done: {total} steps in {result.wall_time:.0f} s; run directory {run_dir}",
                            loss=result.metrics.get("loss"), preview=newest_preview(run_dir), run_dir=run_dir,
                            done=True, files=files, archive=files.archive))

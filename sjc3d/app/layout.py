@@ -23,9 +23,9 @@ import gradio as gr  # noqa: E402
 
 from sjc3d.app.examples import example_images  # noqa: E402
 from sjc3d.app.jobs import (  # noqa: E402
-    ACCEPTED_SUFFIXES, ORACLE_NOTE, Engine, FitRequest, FitUpdate, ViewsRequest, model_label, one_line,
+    ACCEPTED_SUFFIXES, ORACLE_NOTE, Engine, FitRequest, FitUpdate, Preset, ViewsRequest, default_preset, model_label,
+    one_line,
 )
-from sjc3d.config import load_config  # noqa: E402
 from sjc3d.errors import UserError  # noqa: E402
 
 DEVICE = "device"  # concurrency group of every event that runs on the model's device
@@ -38,15 +38,8 @@ CSS = """
 # --------------------------------------------------------------------------- callbacks
 
 
-def preset_note(engine: Engine, name: str) -> str:
-    preset = next((p for p in engine.presets if p.name == name), None)
-    if preset is None:
-        return ""
+def preset_note(preset: Preset) -> str:
     return f"*{preset.description}*" + (f" — the oracle {ORACLE_NOTE}." if preset.oracle else "")
-
-
-def preset_steps(name: str) -> int:
-    return load_config([name]).train.steps
 
 
 def make_callbacks(engine: Engine) -> dict:
@@ -84,23 +77,32 @@ def make_callbacks(engine: Engine) -> dict:
             if update.preview is not None and update.preview != shown_preview:
                 shown_preview = update.preview
                 preview = str(update.preview)
-            yield (update.message, preview, *finished_outputs(update))
+            yield update.message, preview, (result_value(update) if update.done else gr.skip())
+
+    def preset(name: str):
+        chosen = engine.preset(name)
+        return preset_note(chosen), chosen.steps
 
     def cancel(job_id) -> None:
         if engine.cancel(job_id):
             gr.Info("stopping after the current step; the checkpoint is kept")
+        else:
+            gr.Info("no fit of this page is running")
 
-    return {"prepare": prepare, "views": views, "submit": submit, "fit": fit, "cancel": cancel}
+    return {"prepare": prepare, "views": views, "preset": preset, "submit": submit, "fit": fit, "cancel": cancel}
 
 
-def finished_outputs(update: FitUpdate) -> tuple:
-    """(3D viewer, downloads, turntable) for an update: filled once the fit has finished."""
-    if not update.done:
-        return gr.skip(), gr.skip(), gr.skip()
+def result_value(update: FitUpdate) -> tuple:
+    """A finished fit's (mesh, downloads, turntable) for `show_result`; a cancelled one keeps its zip."""
     if update.files is not None:
         f = update.files
         return str(f.glb), [str(p) for p in (f.glb, f.obj, f.ply, f.video, f.archive)], str(f.video)
     return None, [str(update.archive)] if update.archive else None, None
+
+
+def show_result(result: Optional[tuple]) -> tuple:
+    """(3D viewer, downloads, turntable) from the fit's result, or all empty."""
+    return result if result is not None else (None, None, None)
 
 
 # --------------------------------------------------------------------------- the page
@@ -109,10 +111,7 @@ def finished_outputs(update: FitUpdate) -> tuple:
 def build_app(engine: Engine) -> gr.Blocks:
     """The page, wired to `engine`; launch it with `launch(blocks, ...)`."""
     on = make_callbacks(engine)
-    presets = [p.name for p in engine.presets]
-    from sjc3d.app.jobs import default_preset
-
-    preset0 = default_preset(engine.presets, engine.model)
+    preset0 = engine.preset(default_preset(engine.presets, engine.model))
 
     with gr.Blocks(title="sjc3d", analytics_enabled=False) as blocks:
         gr.Markdown(f"## {TITLE}\nModel: {model_label(engine.model)}  \nDevice: `{engine.device}` · "
@@ -139,42 +138,44 @@ def build_app(engine: Engine) -> gr.Blocks:
                 radius = gr.Slider(-0.5, 0.5, value=0, step=0.05, label="Δradius (scene units)")
             with gr.Row():
                 guidance = gr.Slider(1, 10, value=3, step=0.5, label="guidance scale")
-                ddim_steps = gr.Slider(5, 200, value=50, step=1, label="DDIM steps")
+                ddim_steps = gr.Slider(5, 200, value=50, step=1, label="DDIM steps", elem_id="ddim-steps")
                 view_seed = gr.Number(0, precision=0, label="seed")
-                samples = gr.Slider(1, 8, value=4, step=1, label="samples")
+                samples = gr.Slider(1, 8, value=4, step=1, label="samples", elem_id="samples")
             views_button = gr.Button("Generate views", variant="primary", elem_id="views-button")
             views_status = gr.Markdown(elem_id="views-status")
             gallery = gr.Gallery(label="novel views", columns=4, height="auto", elem_id="gallery")
 
         with gr.Tab("3D"):
             with gr.Row():
-                preset = gr.Dropdown(presets, value=preset0, label="preset", elem_id="preset")
-                fit_steps = gr.Slider(1, 20000, value=preset_steps(preset0), step=1, label="steps")
+                preset = gr.Dropdown([p.name for p in engine.presets], value=preset0.name, label="preset",
+                                     elem_id="preset")
+                fit_steps = gr.Slider(1, 20000, value=preset0.steps, step=1, label="steps", elem_id="fit-steps")
                 fit_seed = gr.Number(0, precision=0, label="seed")
-            note = gr.Markdown(preset_note(engine, preset0))
+            note = gr.Markdown(preset_note(preset0))
             with gr.Row():
                 fit_button = gr.Button("Fit", variant="primary", elem_id="fit-button")
                 cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel-button")
             fit_status = gr.Markdown(elem_id="fit-status")
             preview = gr.Image(label="preview strip (turntable of the field)", type="filepath", interactive=False,
-                               elem_id="preview")
+                               height=160, elem_id="preview")
             model3d = gr.Model3D(label="mesh", clear_color=(1.0, 1.0, 1.0, 1.0), elem_id="model3d")
             with gr.Row():
                 downloads = gr.File(label="downloads: GLB, OBJ, PLY, turntable, run directory (zip)",
                                     file_count="multiple", interactive=False, elem_id="downloads")
-                turntable = gr.Video(label="turntable", interactive=False, elem_id="turntable")
-        job = gr.State(None)
+                turntable = gr.Video(label="turntable", interactive=False, height=320, elem_id="turntable")
+        job, result = gr.State(None), gr.State(None)
 
         upload.change(on["prepare"], [upload], [prepared, input_status], concurrency_limit=None)
         views_button.click(on["views"], [upload, elevation, polar, azimuth, radius, guidance, ddim_steps, view_seed,
                                          samples], [gallery, views_status],
                            concurrency_id=DEVICE, concurrency_limit=1, show_progress_on=[views_status])
-        preset.change(lambda name: (preset_note(engine, name), preset_steps(name)), [preset], [note, fit_steps],
-                      queue=False)
+        preset.change(on["preset"], [preset], [note, fit_steps], queue=False)
+        # The result reaches the viewer by a plain event after the stream: Gradio 6's Model3D does
+        # not start its viewer when its value arrives from a streaming (generator) event.
         fit_button.click(on["submit"], None, [job], queue=False).then(
-            on["fit"], [job, upload, preset, fit_steps, elevation, fit_seed],
-            [fit_status, preview, model3d, downloads, turntable],
-            concurrency_id=DEVICE, concurrency_limit=1, show_progress_on=[fit_status])
+            on["fit"], [job, upload, preset, fit_steps, elevation, fit_seed], [fit_status, preview, result],
+            concurrency_id=DEVICE, concurrency_limit=1, show_progress_on=[fit_status]).then(
+            show_result, [result], [model3d, downloads, turntable], queue=False)
         cancel_button.click(on["cancel"], [job], None, queue=False)
     return blocks
 
