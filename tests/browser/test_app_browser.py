@@ -14,6 +14,7 @@ Run with `make test-browser` (installs chromium and the extras) or `pytest -m br
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,6 +38,25 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 FIT_STEPS = 30  # oracle cpu-tiny: enough for a recognisable mesh in a few seconds
 SERVER_START_S = 180
 FIT_TIMEOUT_MS = 300_000
+
+
+class Timings:
+    """Wall time of each stage, written to outputs/browser/timings.json (figures, not limits)."""
+
+    def __init__(self, name: str):
+        self.name, self.values, self.t0 = name, {}, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.values[stage] = round(now - self.t0, 2)
+        self.t0 = now
+
+    def write(self) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / "timings.json"
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[self.name] = self.values
+        path.write_text(json.dumps(data, indent=1))
 
 
 def free_port() -> int:
@@ -65,6 +85,7 @@ def server(playwright_api, tiny_zero123, tmp_path_factory):
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    timings = Timings("server")
     deadline = time.monotonic() + SERVER_START_S
     while True:
         if process.poll() is not None:
@@ -79,6 +100,8 @@ def server(playwright_api, tiny_zero123, tmp_path_factory):
             process.kill()
             pytest.fail(f"sjc3d app did not answer within {SERVER_START_S} s:\n{log_path.read_text()}")
         time.sleep(0.5)
+    timings.lap("start_to_first_page")
+    timings.write()
     yield {"url": url, "runs": runs, "process": process, "log": log_path}
     process.terminate()
     try:
@@ -173,9 +196,11 @@ def example_image() -> Path:
 def test_the_app_in_a_browser(server, browser, tmp_path):
     import trimesh
 
+    timings = Timings("one_page")
     tab = Page(browser, server["url"], tmp_path)
     page = tab.page
     assert "sjc3d" in page.title()
+    timings.lap("page_load")
     tab.shot("1-page")
 
     # Input: upload an example, see the view the model will get.
@@ -183,6 +208,7 @@ def test_the_app_in_a_browser(server, browser, tmp_path):
     tab.upload(example)
     assert tab.wait_text("#input-status", "^ready").startswith(f"ready: {example.name}")
     page.locator("#prepared img").wait_for(state="visible")
+    timings.lap("upload_to_preprocessed_view")
     tab.shot("2-input")
 
     # Novel views from the prior alone.
@@ -191,10 +217,12 @@ def test_the_app_in_a_browser(server, browser, tmp_path):
     page.locator("#views-button").click()
     tab.wait_text("#views-status", "^2 views", timeout_ms=120_000)
     assert page.locator("#gallery img").count() >= 2
+    timings.lap("views_2x5_ddim_tiny_model")
     tab.shot("3-views")
 
     # A short fit with the oracle preset: live previews, then the mesh in the 3D viewer.
     tab.start_fit("cpu-tiny", FIT_STEPS)
+    timings.lap("choose_preset")
     tab.wait_text("#fit-status", r"step \d+/%d" % FIT_STEPS, timeout_ms=FIT_TIMEOUT_MS)
     page.locator("#preview img").wait_for(state="visible", timeout=FIT_TIMEOUT_MS)
     tab.shot("4-fit-running")
@@ -203,6 +231,7 @@ def test_the_app_in_a_browser(server, browser, tmp_path):
     assert (run_dir / "checkpoints" / "final.pt").is_file()
     canvas = page.locator("#model3d canvas")
     canvas.wait_for(state="visible")
+    timings.lap(f"fit_{FIT_STEPS}_steps_export_turntable_zip")
     page.wait_for_timeout(3000)  # let the viewer load the GLB and draw a few frames
     assert non_white_fraction(canvas.screenshot()) > 0.01, "the 3D viewer shows no mesh"
     tab.shot("5-mesh")
@@ -231,6 +260,7 @@ def test_the_app_in_a_browser(server, browser, tmp_path):
 
     assert tab.external == [], f"the page asked for files off this machine: {tab.external}"
     tab.close()
+    timings.write()
 
 
 def test_two_fits_at_once_wait_their_turn(server, browser, tmp_path):
@@ -238,13 +268,18 @@ def test_two_fits_at_once_wait_their_turn(server, browser, tmp_path):
     for tab in tabs:
         tab.upload(example_image())
         tab.wait_text("#input-status", "^ready")
-    for tab in tabs:
-        tab.start_fit("cpu-tiny", FIT_STEPS)
-    # The second waits in Gradio's queue, with its place shown, while the first runs.
-    second = tabs[1].page
-    second.wait_for_function("() => /queue/i.test(document.body.innerText)", timeout=60_000)
+    timings = Timings("two_pages")
+    # Fit on the first page, and on the second as soon as the first has started: the second
+    # waits in Gradio's queue, with its place shown, while the first runs.
+    tabs[0].start_fit("cpu-tiny", FIT_STEPS)
+    tabs[0].wait_text("#fit-status", r"starting|step \d+/", timeout_ms=FIT_TIMEOUT_MS)
+    tabs[1].start_fit("cpu-tiny", FIT_STEPS)
+    tabs[1].page.wait_for_function("() => /queue/i.test(document.querySelector('#fit-status').parentElement.innerText)",
+                                   timeout=60_000)
     tabs[1].shot("7-second-fit-queued")
     statuses = [tab.wait_text("#fit-status", "^done:", timeout_ms=2 * FIT_TIMEOUT_MS) for tab in tabs]
+    timings.lap(f"two_fits_{FIT_STEPS}_steps_each")
+    timings.write()
     runs = [Path(re.search(r"run directory (\S+)", s).group(1)) for s in statuses]
     assert runs[0] != runs[1]
     first, later = sorted(runs, key=lambda r: (r / "config.yaml").stat().st_mtime)
