@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The A/B runs behind the fit's defaults (README, "Defaults, and where they differ from the
+# reference run").  Each command prints one table; run them on an otherwise idle machine
+# (on the shared build machine: under `flock /tmp/sjc3d-cpu.lock`).
+#
+#   bash benchmarks/fit_defaults_ab.sh oracle    # RGB mode, ground-truth prior (~1 h on 2 cores)
+#   bash benchmarks/fit_defaults_ab.sh learned   # latent mode, the shipped learned prior
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+MESHES=../shared/data/meshes
+part=${1:-oracle}
+
+if [[ $part == oracle ]]; then
+  # Regularisers: none (the oracle-cpu preset), sjc3d's earlier forms, the reference's forms.
+  $PY benchmarks/oracle_reconstruction.py $MESHES/spot.obj $MESHES/blub.obj $MESHES/fuze.obj \
+    --variant off loss.near_view=0 loss.depth_smooth=0 \
+    --variant today loss.near_view=1e4 loss.near_view_mode=input loss.depth_smooth=1e4 loss.depth_smooth_mode=squared \
+    --variant reference loss.near_view=1e4 loss.depth_smooth=1e4
+  # Cameras, reference-loss scale, mask, learning rates (regularisers off, as the preset).
+  $PY benchmarks/oracle_reconstruction.py $MESHES/spot.obj $MESHES/blub.obj loss.near_view=0 loss.depth_smooth=0 \
+    --variant cam-today camera.sampling=elevation "camera.radius_range=[2.0,2.0]" \
+    --variant cam-refrange "camera.elevation_range=[-14.5,90.0]" \
+    --variant ref-2500 loss.ref_rgb=2500 \
+    --variant nomask loss.ref_mask=0 \
+    --variant g.03-m.01 train.lr_grid=0.03 train.lr=0.01 \
+    --variant g.01-m.001 train.lr_grid=0.01 train.lr=0.001 \
+    --variant g.03-m.003 train.lr_grid=0.03 train.lr=0.003 \
+    --variant g.1-m.01 train.lr_grid=0.1 train.lr=0.01 \
+    --variant refregs-1e3 loss.near_view=1e3 loss.depth_smooth=1e3
+elif [[ $part == learned ]]; then
+  # Latent mode with the shipped toy prior (preset learned-cpu), 3D part only.
+  $PY benchmarks/learned_prior.py --part 3d --objects 4 \
+    --variant reference \
+    --variant today loss.near_view_mode=input loss.depth_smooth_mode=squared \
+    --variant off loss.near_view=0 loss.depth_smooth=0 \
+    --variant ref-latent loss.ref_space=latent
+  $PY benchmarks/learned_prior.py --part 3d --objects 4 \
+    --variant lr.05 train.lr=0.05 train.lr_grid=0 \
+    --variant g.05-m.005 train.lr_grid=0.05 train.lr=0.005 \
+    --variant g.01-m.001 train.lr_grid=0.01 train.lr=0.001 \
+    --variant g.01-m.01 train.lr_grid=0.01 train.lr=0.01
+else
+  echo "usage: $0 oracle|learned" >&2
+  exit 2
+fi
