@@ -171,3 +171,19 @@ def test_bad_data_folder_is_one_line(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "000" in lines[0], done.stderr
+
+
+def test_a_stop_seen_by_one_process_stops_them_all():
+    from sjc3d.train_prior.loop import PriorTrainer
+
+    class OtherProcessWasSignalled:
+        num_processes, device = 2, torch.device("cpu")
+
+        def gather(self, flag):
+            return torch.cat([flag, torch.ones(1)])  # this process's flag, then the other's
+
+    trainer = PriorTrainer.__new__(PriorTrainer)  # only the stop logic is exercised
+    trainer.stop, trainer.accelerator = None, OtherProcessWasSignalled()
+    assert trainer._stop_requested()
+    OtherProcessWasSignalled.num_processes = 1  # alone, only its own flag counts
+    assert not trainer._stop_requested()

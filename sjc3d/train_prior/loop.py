@@ -251,11 +251,12 @@ class PriorTrainer:
                 rate = (step - start) / (time.perf_counter() - t0)
                 self.metrics.write({"stage": "autoencoder", "step": step, "l1": mean_l1, "it_per_s": rate})
                 bar.update(step, f"L1 {mean_l1:.4f}  {rate:.2f} it/s")
-            if step % self.cfg.run.checkpoint_every == 0 or step == cfg.steps or self._stopping():
+            stopping = self._stop_requested()
+            if step % self.cfg.run.checkpoint_every == 0 or step == cfg.steps or stopping:
                 log.wall_time += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self.save("autoencoder", step, objective, optimizer)
-                if self._stopping() and step < cfg.steps:
+                if stopping and step < cfg.steps:
                     self.stopped = True
                     break
         bar.close()
@@ -321,11 +322,12 @@ class PriorTrainer:
             sample_now = self.cfg.run.sample_every > 0 and step % self.cfg.run.sample_every == 0 and step < cfg.steps
             if sample_now:
                 self.write_samples(f"step_{step:06d}")
-            if step % self.cfg.run.checkpoint_every == 0 or step == cfg.steps or self._stopping():
+            stopping = self._stop_requested()
+            if step % self.cfg.run.checkpoint_every == 0 or step == cfg.steps or stopping:
                 log.wall_time += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self.save("diffusion", step, denoiser, optimizer)
-                if self._stopping() and step < cfg.steps:
+                if stopping and step < cfg.steps:
                     self.stopped = True
                     break
         bar.close()
@@ -383,8 +385,17 @@ class PriorTrainer:
                          self.validation_loss())
         return folder
 
-    def _stopping(self) -> bool:
-        return self.stop is not None and self.stop.is_set()
+    def _stop_requested(self) -> bool:
+        """Whether any process was asked to stop (checked once per step by every process).
+
+        With several processes a signal may reach them at different steps; they agree on the
+        maximum (one scalar all-reduce a step) so that all checkpoint and leave at the same step.
+        """
+        local = self.stop is not None and self.stop.is_set()
+        if self.accelerator.num_processes == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag).max().item() > 0)
 
 
 def _alphas_cumprod(scheduler_config: dict) -> Tensor:
