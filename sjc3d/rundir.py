@@ -205,10 +205,20 @@ def resolve_run_dir(run_dir: Optional[Path], outputs: Path = DEFAULT_OUTPUTS) ->
 
 
 def load_run_config(paths: RunPaths) -> Config:
+    """The saved configuration of a run, made loadable on this machine.
+
+    A run trained with `field.backend: tcnn` is read back with `auto`: which backend trained it
+    is a fact about the machine it ran on, recorded in the checkpoint's field state, and the
+    table is converted to whichever backend this machine has (sjc3d/fields/portable.py).  So an
+    export or a `--resume` of a GPU run works on a CPU machine.
+    """
     try:
-        return config_from_dict(read_yaml(paths.config))
+        config = config_from_dict(read_yaml(paths.config))
     except ConfigError as e:
         raise InputError(f"{paths.config} is not a valid run configuration: {e}") from None
+    if config.field.backend == "tcnn":
+        config.field.backend = "auto"
+    return config
 
 
 @dataclass

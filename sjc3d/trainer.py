@@ -37,6 +37,7 @@ import torch
 from sjc3d.atomic import WriteError, atomic_write_text, remove_partials, reporting_write_errors
 from sjc3d.config import Config, config_to_dict, dump_config, is_oracle, load_config
 from sjc3d.errors import ConfigError, InputError, NonFiniteError
+from sjc3d.fields import port_optimizer_state
 from sjc3d.image import InputView, save_png
 from sjc3d.preemption import Preempted, signals_deferred, stop_on_signals
 from sjc3d.priors.base import Prior
@@ -90,7 +91,8 @@ def checkpoint_state(stage: Stage, step: int, elapsed: float) -> dict:
 def restore(stage: Stage, state: dict) -> None:
     stage.field.load_state_dict(state["field"])
     stage.renderer.load_state_dict(state["renderer"])
-    stage.optimizer.load_state_dict(state["optimizer"])
+    # A run trained on the other hash-grid backend: its Adam(ax) moments follow the converted table.
+    stage.optimizer.load_state_dict(port_optimizer_state(state["optimizer"], stage.optimizer, stage.field))
     stage.generator.set_state(state["rng"])
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") and stage.device.type == "cuda":
