@@ -341,11 +341,17 @@ def test_make_views_resumes_and_refuses_other_settings(tmp_path):
     assert (report.n_written, report.n_skipped) == (2, 0)
     first, second = tmp_path / "ds" / "train_000000", tmp_path / "ds" / "train_000001"
     stamp = (first / "000.png").stat().st_mtime_ns
-    (second / "object.json").unlink()  # as if killed before finishing object 1
-    (second / "001.png").unlink()
+    # As if killed while writing object 1: its staging folder is there, half full, and no object folder.
+    staging = tmp_path / "ds" / ".train_000001.partial"
+    second.rename(staging)
+    (staging / "object.json").unlink()
+    assert [o.object_id for o in scan(tmp_path / "ds")] == ["train_000000"]  # readers skip it
     report = make_views(tmp_path / "ds", 3, **spec)
-    assert (report.n_written, report.n_skipped) == (2, 1)
-    assert (first / "000.png").stat().st_mtime_ns == stamp
+    assert (report.n_written, report.n_skipped) == (2, 1)  # objects 1 and 2
+    assert (first / "000.png").stat().st_mtime_ns == stamp and (second / "object.json").is_file()
+    assert not staging.exists()
+    (first / "001.npy").unlink()  # a view lost: the object is rendered again
+    assert make_views(tmp_path / "ds", 3, **spec).n_written == 1 and (first / "001.npy").is_file()
     assert [o.object_id for o in scan(tmp_path / "ds")] == ["train_000000", "train_000001", "train_000002"]
     assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["n_objects"] == 3
     with pytest.raises(InputError, match="size=16"):
@@ -500,3 +506,21 @@ def test_a_bad_data_folder_stops_with_one_line_naming_the_file(tmp_path, case):
     named = BAD_FOLDERS[case](root)
     line = cli_error(lambda: load_dataset(root, 8))
     assert named in line
+    if case != "png truncated":  # everything else is caught up front, before any pixel is decoded
+        with pytest.raises(InputError):
+            scan(root)
+
+
+def test_pixel_rays_are_the_cameras_rays_at_the_fine_resolution():
+    from sjc3d.cameras import camera_rays
+    from sjc3d.datasets.raytrace import pixel_rays
+
+    c2w = torch.cat([c2w_at(20.0, 30.0, 1.8), c2w_at(-50.0, 200.0, 2.2)])
+    pixels = torch.tensor([[0, 0, 0], [1, 5, 2], [0, 7, 7], [1, 3, 6]])
+    rays_o, rays_d = pixel_rays(c2w, FOV_DEG, 8, 3, pixels)
+    fine_o, fine_d = camera_rays(c2w, FOV_DEG, 24)
+    for index, (v, i, j) in enumerate(pixels.tolist()):
+        block = slice(9 * index, 9 * index + 9)
+        expected = fine_d[v, 3 * i:3 * i + 3, 3 * j:3 * j + 3].reshape(9, 3)
+        assert torch.allclose(rays_d[block], expected, atol=1e-6)
+        assert torch.allclose(rays_o[block], fine_o[v, 3 * i:3 * i + 3, 3 * j:3 * j + 3].reshape(9, 3))

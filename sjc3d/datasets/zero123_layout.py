@@ -130,10 +130,11 @@ def scan(root: str | Path) -> list[ObjectViews]:
         npys = {p.stem: p for p in files if p.suffix == ".npy"}
         if not files:
             raise InputError(f"object folder {folder} holds no views (expected 000.png + 000.npy, ...)")
-        for stem in sorted(pngs.keys() - npys.keys()):
-            raise InputError(f"view {pngs[stem]} has no camera file {pngs[stem].with_suffix('.npy').name}")
-        for stem in sorted(npys.keys() - pngs.keys()):
-            raise InputError(f"camera {npys[stem]} has no image {npys[stem].with_suffix('.png').name}")
+        lonely_png, lonely_npy = sorted(pngs.keys() - npys.keys()), sorted(npys.keys() - pngs.keys())
+        if lonely_png:
+            raise InputError(f"view {pngs[lonely_png[0]]} has no camera file {lonely_png[0]}.npy")
+        if lonely_npy:
+            raise InputError(f"camera {npys[lonely_npy[0]]} has no image {lonely_npy[0]}.png")
         for stem in sorted(pngs):
             _check_png_header(pngs[stem])
             read_pose(npys[stem])
@@ -220,12 +221,17 @@ def load_dataset(root: str | Path, size: int, progress: bool = False) -> ViewDat
 
 
 def write_view(folder: str | Path, index: int, rgba: Tensor | np.ndarray, c2w: Tensor) -> Path:
-    """Write view `index` of an object as NNN.png (RGBA) + NNN.npy (3×4 [R | t]), each atomically."""
-    from sjc3d.atomic import atomic_path
-    from sjc3d.image import save_png
+    """Write view `index` of an object: NNN.png (8-bit RGBA [S, S, 4]) + NNN.npy (3×4 [R | t]).
 
+    Plain writes: write into a folder no reader sees yet and rename it into place when the
+    object is complete, as make-views does (datasets/make_views.py `write_object`).
+    """
     folder = Path(folder)
-    png = save_png(folder / f"{index:03d}.png", rgba)
-    with atomic_path(folder / f"{index:03d}.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, w2c_from_c2w(c2w))
+    array = rgba.detach().cpu().numpy() if isinstance(rgba, Tensor) else np.asarray(rgba)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / f"{index:03d}.png"
+    Image.fromarray(array, mode="RGBA").save(png, format="PNG")
+    np.save(folder / f"{index:03d}.npy", w2c_from_c2w(c2w))
     return png
