@@ -238,7 +238,8 @@ def near_view_term(stage: Stage, views: Views) -> tuple[Tensor, Stats]:
     """Near-view consistency around each random view (the reference run's form).
 
     Each camera is moved by `loss.near_view_offset` in a random direction; the render there must
-    match the random view's, colour and depth (over the far background) in L1, both trainable.
+    match the random view's features (colour or latent) and depth (over the far background) in
+    L1, both renders trainable.
     """
     cfg, w = stage.config, stage.config.loss
     near = stage.renderer.render_views(near_cameras(views.c2w, w.near_view_offset, stage.generator),
