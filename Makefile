@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all test-faults test-browser bench clean
+.PHONY: demo test test-all test-faults test-browser bench prior clean
 
 # torch==2.13.0 first: that CPU wheel lies on disk; anything looser can pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m sjc3d.demo
+
+# The learned prior `make demo` uses (assets/zero123-toy), trained again from a fixed seed: procedural
+# views (rendered once into outputs/prior/data/), then the autoencoder and the diffusion model.
+prior: $(STAMP)
+	$(PY) -m sjc3d train-prior toy --out outputs/prior/toy-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -43,7 +43,7 @@ class ModelConfig:
     vae_channels: tuple[int, ...] = (32, 64, 64)  # one entry per level: latent factor 2^(levels − 1)
     vae_layers: int = 1
     unet_channels: tuple[int, ...] = (64, 128, 128)
-    unet_layers: int = 2
+    unet_layers: int = 1
     unet_cross_attention: tuple[bool, ...] = (False, False, True)  # per level, highest resolution first
     attention_head_dim: int = 8
     embedding_dim: int = 128  # image embedding = cross-attention width (the real model: 768)
@@ -58,7 +58,7 @@ class ModelConfig:
 class AutoencoderConfig:
     """Stage 1: the KL autoencoder, trained first and then frozen (as latent diffusion does)."""
 
-    steps: int = 1200
+    steps: int = 2500
     batch: int = 16
     crop: int = 32  # train on random crops around the object (the autoencoder is convolutional); 0 = whole views
     lr: float = 1e-3
@@ -69,7 +69,7 @@ class AutoencoderConfig:
 class DiffusionConfig:
     """Stage 2: the view-conditioned UNet (with the image encoder and the pose projection)."""
 
-    steps: int = 2000
+    steps: int = 5000
     batch: int = 32  # global batch, split evenly across processes
     lr: float = 3e-4
     warmup: int = 100  # linear learning-rate warm-up steps, then constant (as the original)
@@ -88,7 +88,7 @@ class RunConfig:
     device: str = "auto"
     checkpoint_every: int = 250
     log_every: int = 10
-    sample_every: int = 500  # sample grids of held-out objects (0 = only at the end)
+    sample_every: int = 1000  # sample grids of held-out objects (0 = only at the end)
     samples: int = 6  # held-out pairs in a sample grid
     sample_steps: int = 50  # DDIM steps of the grids
     sample_guidance: float = 3.0
