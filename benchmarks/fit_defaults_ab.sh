@@ -36,16 +36,19 @@ if [[ $part == oracle ]]; then
     --variant ref-near loss.near_view=1e4 loss.depth_smooth=0 \
     --variant ref-smooth loss.near_view=0 loss.depth_smooth=1e4
 elif [[ $part == learned ]]; then
-  # Latent mode with the shipped toy prior (preset learned-cpu), 3D part only.
+  # Latent mode with the shipped toy prior (preset learned-cpu), 3D part only.  Every variant names
+  # its settings, so the table does not depend on what the preset chose.
+  REF="loss.near_view=1e4 loss.near_view_mode=reference loss.depth_smooth=1e4 loss.depth_smooth_mode=reference"
   $PY benchmarks/learned_prior.py --part 3d --objects 4 \
-    --variant reference \
-    --variant today loss.near_view_mode=input loss.depth_smooth_mode=squared \
+    --variant reference $REF loss.ref_space=rgb \
+    --variant today loss.near_view=1e4 loss.near_view_mode=input loss.depth_smooth=1e4 loss.depth_smooth_mode=squared \
     --variant off loss.near_view=0 loss.depth_smooth=0 \
-    --variant ref-latent loss.ref_space=latent
-  $PY benchmarks/learned_prior.py --part 3d --objects 4 \
+    --variant ref-latent $REF loss.ref_space=latent
+  # Learning rates (with the regularisers the first table favours: edit REF accordingly).
+  $PY benchmarks/learned_prior.py --part 3d --objects 4 $REF \
     --variant lr.05 train.lr=0.05 train.lr_grid=0 \
     --variant g.05-m.005 train.lr_grid=0.05 train.lr=0.005 \
-    --variant g.01-m.001 train.lr_grid=0.01 train.lr=0.001 \
+    --variant g.03-m.003 train.lr_grid=0.03 train.lr=0.003 \
     --variant g.01-m.01 train.lr_grid=0.01 train.lr=0.01
 else
   echo "usage: $0 oracle|learned" >&2
