@@ -205,6 +205,41 @@ def test_silhouette_matches_the_rasterised_truth_mesh():
         assert ((alpha[wrong] > 0.0) & (alpha[wrong] < 1.0)).all()  # disagreements only on the edge
 
 
+def test_sphere_tracing_and_the_scan_find_a_sphere():
+    """Rays from x = −2 along +x meet a sphere of radius ½ at t = 2 − √(¼ − y²), or miss it."""
+    from sjc3d.datasets.raytrace import scan_for_surface, sphere_trace
+
+    heights = torch.tensor([0.0, 0.3, 0.45, 0.6])
+    origins = torch.stack([torch.full_like(heights, -2.0), heights, torch.zeros_like(heights)], dim=-1)
+    directions = torch.tensor([[1.0, 0.0, 0.0]]).expand(4, 3)
+    expected = 2.0 - torch.sqrt((0.25 - heights[:3] ** 2))
+    sphere = Sphere(0.5).sdf
+    start, end = torch.zeros(4), torch.full((4,), 4.0)
+    t, hit = sphere_trace(sphere, origins, directions, start, end, hit_slope=1e-4, max_steps=200)
+    assert hit.tolist() == [True, True, True, False] and torch.allclose(t[:3], expected, atol=1e-3)
+    t, found = scan_for_surface(sphere, origins.T, directions.T, start, end, n_samples=32)
+    assert found.tolist() == [True, True, True, False] and torch.allclose(t[:3], expected, atol=0.01)
+
+
+def test_no_holes_inside_the_silhouette():
+    """Sub-pixel rays that creep along a face or into a crease are settled (scan), not dropped.
+
+    Pixels two pixels or more inside the rasterised truth mesh's silhouette are fully covered.
+    """
+    from sjc3d.mesh_raster import rasterize
+
+    obj = lopsided()
+    mesh = obj.mesh(128)
+    vertices, faces = torch.from_numpy(mesh.vertices).float(), torch.from_numpy(mesh.faces).long()
+    cameras = [(0.0, 90.0), (60.0, 225.0), (25.0, 90.0), (0.0, 0.0)]
+    c2w = torch.cat([c2w_at(elevation, azimuth, 1.6) for elevation, azimuth in cameras])
+    alpha = render_views(obj, c2w, 64)[..., 3]
+    for view in range(len(cameras)):
+        mask = rasterize(vertices, faces, c2w[view], FOV_DEG, 64).mask.float()[None, None]
+        interior = -torch.nn.functional.max_pool2d(-mask, 5, stride=1, padding=2)[0, 0] > 0.5
+        assert interior.sum() > 200 and (alpha[view][interior] == 1).all()
+
+
 def test_lambert_shading_under_the_oracles_light():
     """A sphere seen along +x: the centre pixel's normal is +x, so its colour is known in closed form."""
     from sjc3d.priors.oracle import AMBIENT, LIGHT_DIRECTION
@@ -352,6 +387,8 @@ def test_make_views_resumes_and_refuses_other_settings(tmp_path):
     assert not staging.exists()
     (first / "001.npy").unlink()  # a view lost: the object is rendered again
     assert make_views(tmp_path / "ds", 3, **spec).n_written == 1 and (first / "001.npy").is_file()
+    (first / "object.json").unlink()  # so is one that lost its description
+    assert make_views(tmp_path / "ds", 3, **spec).n_written == 1 and (first / "object.json").is_file()
     assert [o.object_id for o in scan(tmp_path / "ds")] == ["train_000000", "train_000001", "train_000002"]
     assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["n_objects"] == 3
     with pytest.raises(InputError, match="size=16"):
