@@ -234,6 +234,7 @@ class PriorTrainer:
         log = self.logs["autoencoder"]
         bar = ProgressBar(cfg.steps, "autoencoder", start, self.cfg.run.log_every, enabled=self.progress)
         t0, recent = time.perf_counter(), []
+        session_start = t0  # rates over this session (t0 restarts at each checkpoint for the wall-time record)
         for step in range(start + 1, cfg.steps + 1):
             g = dm.step_generator(self.cfg.run.seed + 17, step)
             index = train_views[torch.randint(len(train_views), (cfg.batch,), generator=g)]
@@ -248,7 +249,7 @@ class PriorTrainer:
                 mean_l1 = float(acc.reduce(torch.stack(recent).mean(), "mean"))
                 recent = []
                 log.final_loss, log.steps = mean_l1, step
-                rate = (step - start) / (time.perf_counter() - t0)
+                rate = (step - start) / (time.perf_counter() - session_start)
                 self.metrics.write({"stage": "autoencoder", "step": step, "l1": mean_l1, "it_per_s": rate})
                 bar.update(step, f"L1 {mean_l1:.4f}  {rate:.2f} it/s")
             stopping = self._stop_requested()
@@ -299,6 +300,7 @@ class PriorTrainer:
         log = self.logs["diffusion"]
         bar = ProgressBar(cfg.steps, "diffusion", start, self.cfg.run.log_every, enabled=self.progress)
         t0, recent = time.perf_counter(), []
+        session_start = t0  # rates over this session (t0 restarts at each checkpoint for the wall-time record)
         for step in range(start + 1, cfg.steps + 1):
             set_learning_rate(optimizer, cfg.lr * dm.learning_rate_scale(step - 1, cfg.warmup))
             draw = dm.draw_pairs(self.views.offsets, self.train_objects, cfg.batch, tuple(self.latents.shape[1:]),
@@ -315,7 +317,7 @@ class PriorTrainer:
                 mean = float(acc.reduce(torch.stack(recent).mean(), "mean"))
                 recent = []
                 log.final_loss, log.steps = mean, step
-                rate = (step - start) / (time.perf_counter() - t0)
+                rate = (step - start) / (time.perf_counter() - session_start)
                 self.metrics.write({"stage": "diffusion", "step": step, "loss": mean, "it_per_s": rate,
                                     "lr": optimizer.param_groups[0]["lr"]})
                 bar.update(step, f"loss {mean:.4f}  {rate:.2f} it/s")
