@@ -14,7 +14,8 @@ look alike.
 Sphere tracing (Hart 1996): from a point at distance d from the surface, a step of d along the
 ray cannot cross the surface.  A ray stops when d falls below a fixed share of its sub-pixel
 footprint at that depth (a cone-tracing criterion: more precision than that is invisible), or
-when it leaves the object's bounding box.  Only rays still marching are evaluated at each step.
+when it leaves the object's bounding box.  Only rays still marching are evaluated at each step,
+and the few still marching after MAX_STEPS are settled by a uniform scan (`scan_for_surface`).
 """
 
 from __future__ import annotations
