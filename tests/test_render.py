@@ -154,6 +154,10 @@ def test_state_dict_from_an_occgrid_run_loads_on_the_dense_path():
         renderer.load_state_dict(dict(occgrid_state, occupied=torch.ones(8, 8, 8, dtype=torch.bool)))
     with pytest.raises(RuntimeError, match="Unexpected key"):  # same path: strict as usual
         renderer.load_state_dict({"occupied": pattern, "ocupied": pattern})
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # other path: only estimator.* may differ
+        renderer.load_state_dict(dict(occgrid_state, ocupied=pattern))
+    with pytest.raises(RuntimeError, match="Missing key"):
+        renderer.load_state_dict({k: v for k, v in occgrid_state.items() if k != "occupied"})
 
 
 @pytest.mark.cuda

@@ -263,12 +263,18 @@ class VolumeRenderer(nn.Module):
     # ----------------------------------------------------------------- state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Accept a checkpoint written by the other path (dense ⇄ occupancy grid)."""
-        has_grid = any(k.startswith("estimator.") for k in state_dict)
-        if has_grid != (self.estimator is not None):
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("estimator.")}
-            strict = False
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        """Accept a checkpoint written by the other path (dense ⇄ occupancy grid).
+
+        Only the occupancy grid's own entries (`estimator.*`) may be missing or left over: it is
+        rebuilt from the field when absent.  Any other mismatch is an error under `strict`.
+        """
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("estimator.") or self.estimator is not None}
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("estimator.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"renderer state does not match: Missing key(s) {missing}, "
+                               f"Unexpected key(s) {result.unexpected_keys}")
+        return result
 
 
 def build_volume_renderer(field: nn.Module, cfg: RenderConfig, device: torch.device | str = "cpu") -> VolumeRenderer:
