@@ -27,6 +27,8 @@ import yaml
 from sjc3d.errors import ConfigError
 
 DEFAULT_MODEL = "ashawkey/zero123-xl-diffusers"
+# The small learned prior the project ships (sjc3d train-prior toy), relative to the project root.
+SHIPPED_MODEL = "assets/zero123-toy"
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -54,7 +56,9 @@ class CameraConfig:
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
     radius_range: tuple[float, float] = (1.8, 2.2)
     sampling: Literal["reference", "elevation"] = "reference"
-    resolution: int = 32  # side of the rendered training views (32 = latent size of 256²)
+    # Side of the rendered training views.  0 = auto: in latent mode the prior's latent side (its
+    # image size / VAE factor: 32 for Zero-1-to-3, 16 for the shipped toy model), else 32.
+    resolution: int = 0
     input_resolution: int = 0  # side of the reference-view render; 0 = same as `resolution`
 
 
@@ -104,7 +108,9 @@ class PriorConfig:
     image_encoder: str = "lambdalabs/sd-image-variations-diffusers"  # CLIP for a .ckpt source
     stable: Literal["auto", "yes", "no"] = "auto"  # Stable Zero123 pose embedding
     oracle_up: Literal["y", "z"] = "y"  # up axis of the oracle's mesh file (OBJ/glTF: y)
-    vae_source: str = ""  # oracle in latent mode: model whose VAE encodes its renders ("" = default model)
+    # The oracle in latent mode: model whose VAE encodes its renders.  "" = the shipped toy model
+    # when the project has it (works offline), else the default model.
+    vae_source: str = ""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 CUDA, fp32 CPU
     guidance_scale: float = 100.0  # reference run; `sjc3d views` uses its own (3)
 
@@ -196,7 +202,7 @@ def _check(cfg: Config) -> None:
     """Cross-field checks that a type annotation cannot express."""
     rules = [
         ("camera.fov_deg", 0 < cfg.camera.fov_deg < 180, "must be in (0, 180)"),
-        ("camera.resolution", cfg.camera.resolution >= 4, "must be at least 4"),
+        ("camera.resolution", cfg.camera.resolution == 0 or cfg.camera.resolution >= 4, "must be 0 (auto) or at least 4"),
         ("field.bound", cfg.field.bound > 0, "must be positive"),
         ("field.n_levels", cfg.field.n_levels >= 1, "must be at least 1"),
         ("field.log2_hashmap_size", 4 <= cfg.field.log2_hashmap_size <= 30, "must be in [4, 30]"),

@@ -21,7 +21,7 @@ non-blocking copies.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -113,6 +113,17 @@ def decode_latents(prior, latents: Tensor) -> Tensor:
     return vae_io.decode_scaled(vae, latents.permute(0, 3, 1, 2), clamp=False)
 
 
+def resolve_render_size(config: Config, prior) -> Config:
+    """`camera.resolution: 0` (auto) made concrete: the prior's latent side in latent mode, else 32.
+
+    The run's config.yaml records the concrete value, so export and resume see what was trained.
+    """
+    if config.camera.resolution:
+        return config
+    side = encode_size(config, prior) // prior.latent_factor if config.field.output == "latent" else 32
+    return replace(config, camera=replace(config.camera, resolution=side))
+
+
 def check_latent_resolution(config: Config, prior) -> None:
     """Latent renders must have the size of the model's latents: its image size / its VAE factor.
 
@@ -196,6 +207,7 @@ def build_stage(config: Config, image: Optional[Path], view: Optional[InputView]
         prior = build_prior(config, device)
     if config.field.output == "latent" and prior.n_channels == 3:
         raise ConfigError("field.output=latent needs a latent prior (the oracle in rgb space has none)")
+    config = resolve_render_size(config, prior)
     check_latent_resolution(config, prior)
     if view is None:
         view = oracle_input_view(config, prior)

@@ -245,13 +245,13 @@ def open_run(config: Config, image: Optional[Path], paths: RunPaths, resume: boo
         state, _ = load_resume_checkpoint(paths)
         stage = build_stage(config, None, view=InputView(state["input_rgb"], state["input_mask"]), prior=prior)
         restore(stage, state)
-        atomic_write_text(paths.config, dump_config(config))  # the settings this session runs with
+        atomic_write_text(paths.config, dump_config(stage.config))  # the settings this session runs with
         return stage, int(state["step"]), float(state.get("elapsed", 0.0))
     if paths.has_checkpoint():
         raise ConfigError(f"{paths.root} already holds a run: continue it with --resume {paths.root}, "
                           "or choose another --out")
     stage = build_stage(config, Path(image) if image else None, prior=prior)
-    atomic_write_text(paths.config, dump_config(config))
+    atomic_write_text(paths.config, dump_config(stage.config))  # with auto settings made concrete
     save_png(paths.input_image, torch.cat([stage.view.rgb, stage.view.mask[..., None]], -1))
     return stage, 0, 0.0
 

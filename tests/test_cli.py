@@ -81,3 +81,23 @@ def test_views_takes_the_model_with_the_same_flag(tmp_path):
                                       "--out", str(tmp_path / "views")])
     assert result.exit_code == 3, result.output
     assert str(missing) in result.output and "--model /path/to/folder" in result.output
+
+
+def test_an_oracle_fit_needs_no_preset_and_no_download(tmp_path):
+    """`fit --model oracle:MESH` with every default runs offline: the oracle encodes with the
+    shipped toy model's VAE and the latent renders take that model's latent size (auto)."""
+    import yaml
+
+    from sjc3d.config import SHIPPED_MODEL
+    from sjc3d.priors import resolve_project_path
+
+    mesh = resolve_project_path("../shared/data/meshes/spot.obj")
+    if not mesh.exists() or not resolve_project_path(SHIPPED_MODEL).exists():
+        pytest.skip("needs ../shared/data and the shipped model")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["fit", "--model", f"oracle:{mesh}", "--steps", "2", "--device", "cpu",
+                                      "--out", str(run), "field.log2_hashmap_size=12", "train.preview_every=0",
+                                      "export.resolution=16"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["field"]["output"] == "latent" and saved["camera"]["resolution"] == 16  # 64² / factor 4

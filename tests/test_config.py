@@ -16,7 +16,7 @@ def test_defaults_follow_the_reference_run():
     cfg = Config()
     assert cfg.train.lr == 0.05 and cfg.train.steps == 10000 and cfg.train.optimizer == "adamax"
     assert cfg.prior.guidance_scale == 100.0
-    assert cfg.camera.resolution == 32 and cfg.camera.radius == 2.0 and cfg.camera.fov_deg == pytest.approx(49.1)
+    assert cfg.camera.resolution == 0 and cfg.camera.radius == 2.0 and cfg.camera.fov_deg == pytest.approx(49.1)
     assert (cfg.sjc.t_min, cfg.sjc.t_max) == (10, 969)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sjc3d.config import CONFIGS_DIR, DEFAULT_MODEL, Config, PriorConfig, is_oracle
+from sjc3d.config import CONFIGS_DIR, DEFAULT_MODEL, SHIPPED_MODEL, Config, PriorConfig, is_oracle
 from sjc3d.priors.base import Prior
 
 
@@ -22,6 +22,16 @@ def resolve_project_path(path: str) -> Path:
         return candidate
     in_project = CONFIGS_DIR.parent / candidate
     return in_project if in_project.exists() else candidate
+
+
+def oracle_vae_source(cfg: PriorConfig) -> str:
+    """The model whose VAE the oracle encodes with in latent mode: `prior.vae_source`, else the
+    shipped toy model when the project has it (so `--model oracle:MESH` runs offline), else the
+    default model."""
+    if cfg.vae_source:
+        return cfg.vae_source
+    shipped = resolve_project_path(SHIPPED_MODEL)
+    return str(shipped) if shipped.exists() else DEFAULT_MODEL
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -44,7 +54,7 @@ def build_prior(config: Config, device: torch.device) -> Prior:
         if space == "latent":
             from sjc3d.priors.zero123 import load_vae
 
-            vae = load_vae(str(resolve_project_path(cfg.vae_source or DEFAULT_MODEL)), dtype=dtype, device=device)
+            vae = load_vae(str(resolve_project_path(oracle_vae_source(cfg))), dtype=dtype, device=device)
         return OraclePrior(mesh, config.camera.fov_deg, space=space, vae=vae, device=device)
 
     from sjc3d.priors.zero123 import load_zero123
@@ -76,6 +86,6 @@ def build_decoder(cfg: PriorConfig, device: torch.device) -> LatentDecoder:
     from sjc3d.priors import vae as vae_io
     from sjc3d.priors.zero123 import load_vae
 
-    source = (cfg.vae_source or DEFAULT_MODEL) if is_oracle(cfg.source) else cfg.source
+    source = oracle_vae_source(cfg) if is_oracle(cfg.source) else cfg.source
     vae = load_vae(str(resolve_project_path(source)), dtype=resolve_dtype(cfg.dtype, device), device=device)
     return LatentDecoder(vae, vae_io.latent_factor(vae))
