@@ -186,6 +186,8 @@ def views_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs/views/<stem>/<time>)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default auto)."),
+    object_fraction: float = typer.Option(200 / 256, "--object-fraction",
+                                          help="Framing of the input (input.object_fraction); 0.56 for the shipped toy prior."),
 ) -> None:
     """Sample novel views of the input from the Zero-1-to-3 prior alone."""
 
@@ -194,7 +196,7 @@ def views_cmd(
 
         views_command(image=image, azimuth=azimuth, elevation_delta=elevation_delta, radius_delta=radius_delta,
                       input_elevation=input_elevation, model=model, steps=steps, guidance=guidance, seed=seed,
-                      out=out, device=device)
+                      out=out, device=device, object_fraction=object_fraction)
 
     guarded(run)
 

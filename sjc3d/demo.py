@@ -65,7 +65,8 @@ def main() -> int:
                              elevation=15.0, resolution=128)
     views = views_command(image=EXAMPLE, azimuth="90,180,270", elevation_delta=0.0, radius_delta=0.0,
                           input_elevation=config.input.elevation, model=str(MODEL), steps=50, guidance=3.0, seed=0,
-                          out=run_dir / "novel-views", device="cpu")
+                          out=run_dir / "novel-views", device="cpu",
+                          object_fraction=config.input.object_fraction)
 
     try:
         print(score_against_truth(mesh_path))

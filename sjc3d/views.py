@@ -96,10 +96,12 @@ def default_out(image: Path) -> Path:
 
 def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delta: float, input_elevation: float,
                   model: Optional[str], steps: int, guidance: float, seed: int, out: Optional[Path],
-                  device: Optional[str]) -> list[Path]:
+                  device: Optional[str], object_fraction: float = InputConfig.object_fraction) -> list[Path]:
     """Sample the views, write one PNG per view plus grid.png (input + views); return the paths.
 
     out: the folder to write (default `default_out(image)`).
+    object_fraction: how large the input is framed (`input.object_fraction`): as the model's
+        training views were framed (200/256 for Zero-1-to-3; 0.56 for the shipped toy prior).
     """
     from sjc3d.image import load_input_view, resize_images, save_png
     from sjc3d.priors.zero123 import load_zero123
@@ -117,7 +119,9 @@ def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delt
         raise ConfigError(f"--out {out} exists and is not a folder")
     torch_device = resolve_device(device or "auto", setting="--device")
 
-    view = load_input_view(image, InputConfig(elevation=input_elevation))
+    if not 0 < object_fraction <= 1:
+        raise ConfigError(f"--object-fraction {object_fraction}: must be in (0, 1]")
+    view = load_input_view(image, InputConfig(elevation=input_elevation, object_fraction=object_fraction))
     prior = load_zero123(model or DEFAULT_MODEL, device=torch_device)
     prior.condition(view.rgb, input_elevation, radius)
     poses = target_poses(azimuths, input_elevation, elevation_delta, radius, radius_delta)

@@ -25,10 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from sjc3d.config import CONFIGS_DIR, DEFAULT_MODEL, CameraConfig, Config, InputConfig, is_oracle, load_config
+from sjc3d.config import CONFIGS_DIR, DEFAULT_MODEL, SHIPPED_MODEL, CameraConfig, Config, InputConfig, is_oracle, load_config
 from sjc3d.errors import ConfigError, InputError, UserError
 
-TOY_MODEL = "assets/zero123-toy"  # the small demo model the project trains and ships (issue 9)
+TOY_MODEL = SHIPPED_MODEL  # the small demo model the project trains and ships (issue 9)
 ORACLE_NOTE = "ignores the uploaded image: it fits the shipped toy object with a ground-truth prior"
 PREVIEWS_PER_FIT = 4  # preview strips during a fit from the app, the final one included
 UPDATE_INTERVAL = 0.25  # seconds between two progress updates sent to the page
@@ -182,12 +182,12 @@ def check_image(path: Optional[str | Path]) -> Path:
     return path
 
 
-def load_view(path: Path, elevation: float):
+def load_view(path: Path, elevation: float, object_fraction: float = InputConfig.object_fraction):
     """`image.load_input_view` with the upload's temporary folder left out of its errors."""
     from sjc3d.image import load_input_view
 
     try:
-        return load_input_view(path, InputConfig(elevation=elevation))
+        return load_input_view(path, InputConfig(elevation=elevation, object_fraction=object_fraction))
     except InputError as e:
         raise InputError(without_folder(e, path)) from None
 
@@ -288,6 +288,9 @@ class Engine:
         self.device_lock = threading.Lock()
         self.configs = Path(configs)
         self.presets = list_presets(self.configs)
+        # Inputs are framed as the model's default preset frames them (the toy prior saw its
+        # objects smaller than Zero-1-to-3's 200/256): the shown input, the views and the fit agree.
+        self.object_fraction = load_config([str(self.configs / f"{default_preset(self.presets, model)}.yaml")]).input.object_fraction
         self.overrides = list(overrides)
         self.turntable = turntable
         self._jobs: dict[str, Job] = {}
@@ -300,7 +303,7 @@ class Engine:
         from sjc3d.image import save_png
 
         path = check_image(upload)
-        view = load_view(path, 0.0)
+        view = load_view(path, 0.0, self.object_fraction)
         return save_png(self._scratch("inputs") / f"{path.stem}.png", view.rgb)
 
     # ---- novel views
@@ -317,7 +320,7 @@ class Engine:
 
         radius = CameraConfig().radius
         check_views_request(request, radius)
-        view = load_view(check_image(request.image), request.input_elevation)
+        view = load_view(check_image(request.image), request.input_elevation, self.object_fraction)
         poses = target_poses([request.azimuth_delta] * request.n_samples, request.input_elevation,
                              -request.polar_delta, radius, request.radius_delta)
         done = 0
