@@ -42,6 +42,11 @@ class ModelConfig:
     latent_channels: int = 4
     vae_channels: tuple[int, ...] = (32, 64, 64)  # one entry per level: latent factor 2^(levels − 1)
     vae_layers: int = 1
+    # Channels per GroupNorm group (at most 32 groups; SD: 4 in its VAE, 10 in its UNet).  The
+    # shipped model has 1 and 2.  Its autoencoder returns grey shapes (colour lost); 4 a group did
+    # not change that in 1,200 steps (README, "The learned prior": what is known about it).
+    vae_channels_per_group: int = 1
+    unet_channels_per_group: int = 2
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_layers: int = 1
     unet_cross_attention: tuple[bool, ...] = (False, False, True)  # per level, highest resolution first

@@ -55,7 +55,7 @@ def vae_config(cfg: ModelConfig) -> dict:
         in_channels=3, out_channels=3, latent_channels=cfg.latent_channels,
         block_out_channels=list(cfg.vae_channels), layers_per_block=cfg.vae_layers,
         down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
-        norm_num_groups=min(32, min(cfg.vae_channels)), act_fn="silu", sample_size=cfg.image_size,
+        norm_num_groups=norm_groups(cfg.vae_channels, cfg.vae_channels_per_group), act_fn="silu", sample_size=cfg.image_size,
         scaling_factor=1.0,  # set from the trained encoder's latent statistics (train_prior/autoencoder.py)
     )
 
@@ -76,8 +76,18 @@ def unet_config(cfg: ModelConfig) -> dict:
         block_out_channels=list(cfg.unet_channels), down_block_types=down, up_block_types=up,
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=cfg.unet_layers,
         cross_attention_dim=cfg.embedding_dim, attention_head_dim=cfg.attention_head_dim,
-        norm_num_groups=min(32, min(cfg.unet_channels)),
+        norm_num_groups=norm_groups(cfg.unet_channels, cfg.unet_channels_per_group),
     )
+
+
+def norm_groups(channels: tuple[int, ...], per_group: int) -> int:
+    """GroupNorm groups for every level's width: `per_group` channels a group (at most 32 groups)."""
+    groups = max(1, min(32, min(channels) // per_group))
+    if any(c % groups for c in channels):
+        from sjc3d.errors import ConfigError
+
+        raise ConfigError(f"channel widths {list(channels)} do not split into {groups} GroupNorm groups")
+    return groups
 
 
 def clip_config(cfg: ModelConfig):
