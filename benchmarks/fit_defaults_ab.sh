@@ -36,20 +36,17 @@ if [[ $part == oracle ]]; then
     --variant ref-near loss.near_view=1e4 loss.depth_smooth=0 \
     --variant ref-smooth loss.near_view=0 loss.depth_smooth=1e4
 elif [[ $part == learned ]]; then
-  # Latent mode with the shipped toy prior (preset learned-cpu), 3D part only.  Every variant names
-  # its settings, so the table does not depend on what the preset chose.
-  REF="loss.near_view=1e4 loss.near_view_mode=reference loss.depth_smooth=1e4 loss.depth_smooth_mode=reference"
+  # Latent mode with the shipped toy prior (preset learned-cpu: regularisers off), 3D part only.
+  # Regularisers: the reference's forms at 1e4 (the defaults), then off — 2 objects, 300 steps.
+  $PY benchmarks/learned_prior.py --part 3d --objects 2 --steps 300 \
+    --variant refregs loss.near_view=1e4 loss.depth_smooth=1e4 \
+    --variant off \
+    --variant off-scoreoff sjc.weight=0
+  # The other forms and weights, and the encoded reference loss, against the preset (4 objects).
   $PY benchmarks/learned_prior.py --part 3d --objects 4 \
-    --variant reference $REF loss.ref_space=rgb \
-    --variant today loss.near_view=1e4 loss.near_view_mode=input loss.depth_smooth=1e4 loss.depth_smooth_mode=squared \
-    --variant off loss.near_view=0 loss.depth_smooth=0 \
-    --variant ref-latent $REF loss.ref_space=latent
-  # Learning rates (with the regularisers the first table favours: edit REF accordingly).
-  $PY benchmarks/learned_prior.py --part 3d --objects 4 $REF \
-    --variant lr.05 train.lr=0.05 train.lr_grid=0 \
-    --variant g.05-m.005 train.lr_grid=0.05 train.lr=0.005 \
-    --variant g.03-m.003 train.lr_grid=0.03 train.lr=0.003 \
-    --variant g.01-m.01 train.lr_grid=0.01 train.lr=0.01
+    --variant earlier-forms loss.near_view=1e4 loss.near_view_mode=input loss.depth_smooth=1e4 loss.depth_smooth_mode=squared \
+    --variant ref-at-1e3 loss.near_view=1e3 loss.depth_smooth=1e3 \
+    --variant encoded-ref loss.ref_space=latent
 else
   echo "usage: $0 oracle|learned" >&2
   exit 2
