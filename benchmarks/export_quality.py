@@ -137,7 +137,7 @@ def colour_rows(run, args, truth_path: Path | None, up: str) -> list[dict]:
     if run.field.n_channels != 3:
         from sjc3d.priors import build_decoder
 
-        decode = build_decoder(run.config.prior, "cpu")
+        decode = build_decoder(run.config.prior, torch.device("cpu"))
         latent_size = cam.input_resolution or cam.resolution
         views = ColorViews(run.renderer.render_views, decode, cam.fov_deg, cam.radius, run.config.input.elevation,
                            latent_size, run.background)
