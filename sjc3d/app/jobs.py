@@ -28,7 +28,6 @@ from typing import Callable, Iterator, Optional
 from sjc3d.config import CONFIGS_DIR, DEFAULT_MODEL, SHIPPED_MODEL, CameraConfig, Config, InputConfig, is_oracle, load_config
 from sjc3d.errors import ConfigError, InputError, UserError
 
-TOY_MODEL = SHIPPED_MODEL  # the small demo model the project trains and ships (issue 9)
 ORACLE_NOTE = "ignores the uploaded image: it fits the shipped toy object with a ground-truth prior"
 PREVIEWS_PER_FIT = 4  # preview strips during a fit from the app, the final one included
 UPDATE_INTERVAL = 0.25  # seconds between two progress updates sent to the page
@@ -44,13 +43,13 @@ def default_model() -> str:
     """The shipped toy prior when it is present, else the public Zero-1-to-3 XL on the hub."""
     from sjc3d.priors import resolve_project_path
 
-    return TOY_MODEL if resolve_project_path(TOY_MODEL).is_dir() else DEFAULT_MODEL
+    return SHIPPED_MODEL if resolve_project_path(SHIPPED_MODEL).is_dir() else DEFAULT_MODEL
 
 
 def model_label(source: str) -> str:
     """How the page names the model: the toy prior is said to be a small demo model."""
-    if source == TOY_MODEL:
-        return (f"`{TOY_MODEL}`: a small demo model trained by sjc3d on procedural shapes (64x64 views). "
+    if source == SHIPPED_MODEL:
+        return (f"`{SHIPPED_MODEL}`: a small demo model trained by sjc3d on procedural shapes (64x64 views). "
                 "Start the app with `--model` pointing at Zero-1-to-3 (hub id, folder or .ckpt) for real photos.")
     return f"`{source}`"
 
@@ -64,6 +63,7 @@ class Preset:
     description: str  # the preset file's first comment line
     oracle: bool  # the prior is the ground-truth oracle (no image, no model needed)
     steps: int  # its train.steps
+    object_fraction: float  # its input.object_fraction: how large inputs are framed
 
 
 def list_presets(configs: Path = CONFIGS_DIR) -> list[Preset]:
@@ -73,7 +73,8 @@ def list_presets(configs: Path = CONFIGS_DIR) -> list[Preset]:
         lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")]
         description = lines[0] if lines else ""
         config = load_config([str(path)])
-        presets.append(Preset(path.stem, description, is_oracle(config.prior.source), config.train.steps))
+        presets.append(Preset(path.stem, description, is_oracle(config.prior.source), config.train.steps,
+                              config.input.object_fraction))
     return presets
 
 
@@ -81,7 +82,7 @@ def default_preset(presets: list[Preset], model: str) -> str:
     """learned-cpu (a latent fit with the toy prior) for the toy model, preview for Zero-1-to-3;
     the oracle's cpu-tiny when that preset is missing."""
     names = [p.name for p in presets]
-    for name in ["learned-cpu" if model == TOY_MODEL else "preview", "cpu-tiny"]:
+    for name in ["learned-cpu" if model == SHIPPED_MODEL else "preview", "cpu-tiny"]:
         if name in names:
             return name
     return names[0]
@@ -290,7 +291,7 @@ class Engine:
         self.presets = list_presets(self.configs)
         # Inputs are framed as the model's default preset frames them (the toy prior saw its
         # objects smaller than Zero-1-to-3's 200/256): the shown input, the views and the fit agree.
-        self.object_fraction = load_config([str(self.configs / f"{default_preset(self.presets, model)}.yaml")]).input.object_fraction
+        self.object_fraction = self.preset(default_preset(self.presets, model)).object_fraction
         self.overrides = list(overrides)
         self.turntable = turntable
         self._jobs: dict[str, Job] = {}
