@@ -47,6 +47,12 @@ elif [[ $part == learned ]]; then
     --variant earlier-forms loss.near_view=1e4 loss.near_view_mode=input loss.depth_smooth=1e4 loss.depth_smooth_mode=squared \
     --variant ref-at-1e3 loss.near_view=1e3 loss.depth_smooth=1e3 \
     --variant encoded-ref loss.ref_space=latent
+  # Learning rates in latent mode (regularisers off; the preset is grid 0.03 / MLP 0.003).
+  $PY benchmarks/learned_prior.py --part 3d --objects 4 \
+    --variant g.03-m.003 \
+    --variant one-0.05 train.lr=0.05 train.lr_grid=0 \
+    --variant g.01-m.001 train.lr_grid=0.01 train.lr=0.001 \
+    --variant g.1-m.01 train.lr_grid=0.1 train.lr=0.01
 else
   echo "usage: $0 oracle|learned" >&2
   exit 2

@@ -14,7 +14,10 @@ PRESETS = sorted(CONFIGS_DIR.glob("*.yaml"))
 
 def test_defaults_follow_the_reference_run():
     cfg = Config()
-    assert cfg.train.lr == 0.05 and cfg.train.steps == 10000 and cfg.train.optimizer == "adamax"
+    assert cfg.train.steps == 10000 and cfg.train.optimizer == "adamax"
+    assert (cfg.train.lr_grid, cfg.train.lr) == (0.03, 0.003)  # measured (README)
+    reference = load_config(["reference"], [])
+    assert (reference.train.lr, reference.train.lr_grid) == (0.05, 0.0)  # the reference's one rate
     assert cfg.prior.guidance_scale == 100.0
     assert cfg.camera.resolution == 0 and cfg.camera.radius == 2.0 and cfg.camera.fov_deg == pytest.approx(49.1)
     assert (cfg.sjc.t_min, cfg.sjc.t_max) == (10, 969)

@@ -129,7 +129,7 @@ def test_parameter_groups_give_the_grid_and_the_mlp_their_own_learning_rate():
     assert {id(p) for p in grid["params"]} == {id(p) for p in stage.field.encoding.parameters()}
     every = {id(p) for p in stage.field.parameters()}
     assert {id(p) for p in mlp["params"]} == every - {id(p) for p in grid["params"]} and mlp["params"]
-    same = tiny_stage("train.lr=0.02").optimizer.param_groups
+    same = tiny_stage("train.lr=0.02", "train.lr_grid=0").optimizer.param_groups
     assert same[0]["lr"] == same[1]["lr"] == 0.02  # lr_grid = 0: one rate for both
 
 

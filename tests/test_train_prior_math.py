@@ -120,6 +120,23 @@ def test_object_crops_stay_on_the_object_and_scaling_gives_unit_variance():
     assert (latents * ae.scaling_factor(latents)).std().item() == pytest.approx(1.0, rel=1e-3)
 
 
+def test_the_autoencoder_loss_decodes_the_mean_unless_given_noise():
+    """eps=None trains on z = μ (the default; the engine only uses μ), eps on z = μ + σ·eps."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[8, 8], down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=1, latent_channels=2)
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        mean = vae.encode(images).latent_dist.mean
+        from_mean = (vae.decode(mean).sample - images).abs().mean()
+        _, l1 = ae.autoencoder_loss(vae, images, None, 1e-6)
+        _, l1_sampled = ae.autoencoder_loss(vae, images, torch.randn(mean.shape), 1e-6)
+    assert l1.item() == pytest.approx(from_mean.item(), rel=1e-6)
+    assert abs(l1_sampled.item() - from_mean.item()) > 1e-4
+
+
 def test_the_toy_config_builds_the_shipped_architecture():
     """`make prior` (configs/prior/toy.yaml) must rebuild the model in assets/zero123-toy: every
     architecture entry of its VAE and UNet configs, GroupNorm grouping included."""
@@ -139,3 +156,35 @@ def test_the_toy_config_builds_the_shipped_architecture():
             if key == "scaling_factor":
                 continue  # measured after the autoencoder is trained
             assert saved[key] == (list(value) if isinstance(value, tuple) else value), (part, key)
+
+
+def test_the_shipped_autoencoder_keeps_the_colour_of_held_out_objects():
+    """The shipped VAE must return a coloured object, not a grey one (the first shipped model
+    did: one GroupNorm group per channel and sampled latents; train_prior/config.py).
+
+    Chroma = a pixel's deviation from its own grey (the mean of R, G, B).  On the object's pixels
+    of held-out views, the reconstruction's chroma error must be well under the chroma itself
+    (which is what a grey reconstruction's error would be).
+    """
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL
+
+    from sjc3d.datasets.make_views import ViewsSpec, procedural_object
+    from sjc3d.datasets.raytrace import composite_on_white, render_views
+
+    shipped = Path(__file__).resolve().parent.parent / "assets" / "zero123-toy"
+    if not shipped.is_dir():
+        pytest.skip("assets/zero123-toy is not in this checkout")
+    vae = AutoencoderKL.from_pretrained(shipped / "vae", torch_dtype=torch.float32).eval()
+    cameras = spherical_to_c2w(torch.tensor([10.0, 20.0]), torch.tensor([30.0, 200.0]), torch.tensor([2.0, 2.0]))
+    views = torch.cat([composite_on_white(render_views(procedural_object(ViewsSpec(seed=0, split="test"), k), cameras, 64))
+                       for k in range(4)]).permute(0, 3, 1, 2) * 2 - 1  # [8, 3, 64, 64] in [-1, 1]
+    with torch.no_grad():
+        reconstruction = vae.decode(vae.encode(views).latent_dist.mean).sample.clamp(-1, 1)
+    on_object = (views < 0.95).any(1, keepdim=True).float()
+    chroma = views - views.mean(1, keepdim=True)
+    chroma_error = chroma - (reconstruction - reconstruction.mean(1, keepdim=True))
+    mean_chroma, mean_error = (float((x.abs() * on_object).sum() / (3 * on_object.sum())) for x in (chroma, chroma_error))
+    assert mean_chroma > 0.1  # the objects are coloured
+    assert mean_error < 0.5 * mean_chroma

@@ -5,7 +5,10 @@ reconstruction error plus a tiny KL term that keeps the posterior close to a uni
 (Stable Diffusion's autoencoder uses L1 + LPIPS + a patch GAN with KL weight 1e-6; pretrained
 perceptual networks cannot be fetched here, and flat-shaded primitives on white need neither):
 
-    L = |D(z) − x|₁ + λ_KL·KL(q(z|x) ‖ N(0, I)),   z ~ q(z|x)
+    L = |D(z) − x|₁ + λ_KL·KL(q(z|x) ‖ N(0, I)),   z = μ(x)   (or z ~ q(z|x), as latent diffusion)
+
+Decoding the posterior mean is the default: the diffusion stage and the engine only use μ, and
+sampled latents delay the colour code by thousands of steps (README, "The shipped model").
 
 The autoencoder is fully convolutional (no attention in its mid-block would change that), so it
 trains on random crops: a 32² crop costs a quarter of a 64² view.  Crops are centred near the
@@ -16,6 +19,8 @@ was found the same way), so that scaled latents have unit variance as the noise 
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -41,14 +46,15 @@ def object_crops(images: Tensor, crop: int, generator: torch.Generator) -> Tenso
     return images.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def autoencoder_loss(vae, images: Tensor, eps: Tensor, kl_weight: float) -> tuple[Tensor, Tensor]:
+def autoencoder_loss(vae, images: Tensor, eps: Optional[Tensor], kl_weight: float) -> tuple[Tensor, Tensor]:
     """(total loss, L1 reconstruction) of images [B, 3, s, s] in [−1, 1].
 
     eps: [B, c, s/f, s/f] standard normal, the reparameterisation noise z = μ + σ·eps (drawn by
-    the caller for the global batch, so that a step does not depend on the number of processes).
+    the caller for the global batch, so that a step does not depend on the number of processes);
+    None decodes the posterior mean z = μ (`autoencoder.sample_posterior=false`).
     """
     posterior = vae.encode(images).latent_dist
-    z = posterior.mean + posterior.std * eps
+    z = posterior.mean if eps is None else posterior.mean + posterior.std * eps
     reconstruction = vae.decode(z).sample
     l1 = (reconstruction - images).abs().mean()
     return l1 + kl_weight * posterior.kl().mean(), l1

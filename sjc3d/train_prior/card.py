@@ -66,7 +66,7 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
         "",
         "## Reproduce",
         "```bash",
-        "make prior      # = sjc3d train-prior toy, into outputs/prior/toy/ (fixed seed)",
+        "make prior      # = sjc3d train-prior toy, into outputs/prior/toy-<date-time>/ (fixed seed)",
         "```",
         "",
         "## Configuration",

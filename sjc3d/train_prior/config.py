@@ -42,10 +42,11 @@ class ModelConfig:
     latent_channels: int = 4
     vae_channels: tuple[int, ...] = (32, 64, 64)  # one entry per level: latent factor 2^(levels − 1)
     vae_layers: int = 1
-    # Channels per GroupNorm group (at most 32 groups; SD: 4 in its VAE, 10 in its UNet).  The
-    # shipped model has 1 and 2.  Its autoencoder returns grey shapes (colour lost); 4 a group did
-    # not change that in 1,200 steps (README, "The learned prior": what is known about it).
-    vae_channels_per_group: int = 1
+    # Channels per GroupNorm group (at most 32 groups; SD: 4 in its VAE, 10 in its UNet).  The VAE
+    # uses one group (32 → one group at its narrowest level): GroupNorm normalises each group over
+    # the image, so narrow groups rescale each feature channel on its own and the ratios between
+    # them, a flat-coloured object's hue, are lost (measured: README, "The shipped model").
+    vae_channels_per_group: int = 32
     unet_channels_per_group: int = 2
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_layers: int = 1
@@ -63,11 +64,16 @@ class ModelConfig:
 class AutoencoderConfig:
     """Stage 1: the KL autoencoder, trained first and then frozen (as latent diffusion does)."""
 
-    steps: int = 2500
+    steps: int = 4000
     batch: int = 16
     crop: int = 32  # train on random crops around the object (the autoencoder is convolutional); 0 = whole views
-    lr: float = 1e-3
+    lr: float = 3e-4
+    weight_decay: float = 0.0
     kl_weight: float = 1e-6
+    # true: decode z ~ q(z|x) (latent diffusion's recipe); false: the posterior mean.  The posterior's σ starts
+    # near 1, and sampled latents bury the low-variance colour code under that noise for the first
+    # thousands of steps; the diffusion stage and the engine only ever use the mean.
+    sample_posterior: bool = False
 
 
 @dataclass

@@ -106,7 +106,7 @@ class AutoencoderObjective(nn.Module):
         super().__init__()
         self.vae, self.kl_weight = vae, kl_weight
 
-    def forward(self, images: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor, eps: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         return ae.autoencoder_loss(self.vae, images, eps, self.kl_weight)
 
 
@@ -219,7 +219,7 @@ class PriorTrainer:
     def train_autoencoder(self, resume: Optional[dict]) -> None:
         cfg, acc = self.cfg.autoencoder, self.accelerator
         objective = AutoencoderObjective(self.parts.vae, cfg.kl_weight)
-        optimizer = torch.optim.AdamW(self.parts.vae.parameters(), lr=cfg.lr)
+        optimizer = torch.optim.AdamW(self.parts.vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         start = 0
         if resume is not None:
             self.parts.vae.load_state_dict(resume["vae"])
@@ -239,8 +239,8 @@ class PriorTrainer:
             g = dm.step_generator(self.cfg.run.seed + 17, step)
             index = train_views[torch.randint(len(train_views), (cfg.batch,), generator=g)]
             images = ae.object_crops(self.views.model_input(index), crop, g)
-            eps = torch.randn((cfg.batch, *latent_shape), generator=g)
-            loss, l1 = objective(images[lo:hi].to(acc.device), eps[lo:hi].to(acc.device))
+            eps = torch.randn((cfg.batch, *latent_shape), generator=g)[lo:hi].to(acc.device)
+            loss, l1 = objective(images[lo:hi].to(acc.device), eps if cfg.sample_posterior else None)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             optimizer.step()
