@@ -14,6 +14,7 @@ from typing import Callable, List, Optional
 import typer
 
 from sjc3d import __version__
+from sjc3d.config import InputConfig
 
 app = typer.Typer(
     name="sjc3d",
@@ -186,7 +187,7 @@ def views_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs/views/<stem>/<time>)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default auto)."),
-    object_fraction: float = typer.Option(200 / 256, "--object-fraction",
+    object_fraction: float = typer.Option(InputConfig.object_fraction, "--object-fraction",
                                           help="Framing of the input (input.object_fraction); 0.56 for the shipped toy prior."),
 ) -> None:
     """Sample novel views of the input from the Zero-1-to-3 prior alone."""

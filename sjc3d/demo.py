@@ -16,11 +16,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from sjc3d.config import CONFIGS_DIR
+from sjc3d.config import CONFIGS_DIR, SHIPPED_MODEL
 
 ROOT = CONFIGS_DIR.parent
 EXAMPLE = ROOT / "assets" / "example.png"
-MODEL = ROOT / "assets" / "zero123-toy"
+MODEL = ROOT / SHIPPED_MODEL
 PRESET = "learned-cpu"
 
 BANNER = """\

@@ -64,6 +64,8 @@ class ModelConfig:
 class AutoencoderConfig:
     """Stage 1: the KL autoencoder, trained first and then frozen (as latent diffusion does)."""
 
+    # 4000: in the shipped run the chroma error on held-out views was 0.163 at step 2,000 and 0.073
+    # at 4,000 (of 0.224 for a grey reconstruction; README, "The shipped model").
     steps: int = 4000
     batch: int = 16
     crop: int = 32  # train on random crops around the object (the autoencoder is convolutional); 0 = whole views

@@ -239,8 +239,10 @@ class PriorTrainer:
             g = dm.step_generator(self.cfg.run.seed + 17, step)
             index = train_views[torch.randint(len(train_views), (cfg.batch,), generator=g)]
             images = ae.object_crops(self.views.model_input(index), crop, g)
-            eps = torch.randn((cfg.batch, *latent_shape), generator=g)[lo:hi].to(acc.device)
-            loss, l1 = objective(images[lo:hi].to(acc.device), eps if cfg.sample_posterior else None)
+            eps = None  # decode the posterior mean
+            if cfg.sample_posterior:
+                eps = torch.randn((cfg.batch, *latent_shape), generator=g)[lo:hi].to(acc.device)
+            loss, l1 = objective(images[lo:hi].to(acc.device), eps)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             optimizer.step()
