@@ -11,7 +11,8 @@ its true render at the fit's input camera (elevation 0°, azimuth 0°, radius 2)
 
 Novel views.  The model is conditioned on the true input view (the render itself, at the
 model's image size, as the training views were framed) and sampled with DDIM at 6 relative
-poses; PSNR and SSIM against the true views, each averaged over objects, poses and seeds.
+poses; PSNR and SSIM against the true views, each averaged over objects, poses and seeds, and
+the squared error split into the true object's pixels and the background's, pooled.
 Baseline: "copy the input", the input view returned unchanged for every pose.
 
 3D.  `fit` + export with the preset (default `learned-cpu`) for each variant — by default the
@@ -64,6 +65,14 @@ def true_view(obj, elevation: float, azimuth: float, radius: float, size: int) -
 # ----------------------------------------------------------------------------- novel views
 
 
+def error_split(image: torch.Tensor, truth: torch.Tensor, on_object: torch.Tensor) -> dict:
+    """The image's squared error [H, W, 3] vs [H, W, 3], per pixel of the whole view, split into the
+    true object's pixels (`on_object` [H, W] bool) and the background's: the two sum to the MSE."""
+    error = (image - truth).square().mean(-1)
+    return {"se_object": float(error[on_object].sum() / error.numel()),
+            "se_background": float(error[~on_object].sum() / error.numel())}
+
+
 def views_part(model: str, objects, guidances: list[float], seeds: int, steps: int) -> list[dict]:
     from sjc3d.priors.zero123 import load_zero123
     from sjc3d.views import sample_views
@@ -77,18 +86,23 @@ def views_part(model: str, objects, guidances: list[float], seeds: int, steps: i
     rows = []
     for k, obj in enumerate(objects):
         image = composite_on_white(true_view(obj, INPUT_ELEVATION, 0.0, INPUT_RADIUS, size))
-        truth = composite_on_white(render_views(obj, targets, size))
+        truth_rgba = render_views(obj, targets, size)
+        truth, on_object = composite_on_white(truth_rgba), truth_rgba[..., 3] > 0.5
         prior.condition(image, INPUT_ELEVATION, INPUT_RADIUS)
+
+        def scores(view: torch.Tensor, j: int) -> dict:
+            return {"psnr": psnr(view, truth[j]), "ssim": ssim(view, truth[j]),
+                    **error_split(view, truth[j], on_object[j])}
+
         for j in range(len(TARGETS)):
-            rows.append({"object": k, "pose": j, "method": "copy-input", "psnr": psnr(image, truth[j]),
-                         "ssim": ssim(image, truth[j])})
+            rows.append({"object": k, "pose": j, "method": "copy-input", **scores(image, j)})
         for guidance in guidances:
             for seed in range(seeds):
                 generator = torch.Generator().manual_seed(1000 * k + seed)
                 samples = sample_views(prior, poses, steps, guidance, generator).cpu()
                 for j in range(len(TARGETS)):
                     rows.append({"object": k, "pose": j, "method": f"prior g{guidance:g}", "seed": seed,
-                                 "psnr": psnr(samples[j], truth[j]), "ssim": ssim(samples[j], truth[j])})
+                                 **scores(samples[j], j)})
         print(f"views: object {k} done", flush=True)
     return rows
 
@@ -105,6 +119,13 @@ def print_views(rows: list[dict]) -> None:
             cells.append(f"  {statistics.mean(r['psnr'] for r in at):6.2f} ({statistics.mean(r['ssim'] for r in at):.3f})")
         mean = f"{statistics.mean(r['psnr'] for r in mine):6.2f} ({statistics.mean(r['ssim'] for r in mine):.3f})"
         print(f"{method:<14}{''.join(cells)}  {mean:>13}")
+    print("\nsquared error per pixel, pooled over every view: on the true object + on the background (pooled PSNR)")
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        on_object = statistics.mean(r["se_object"] for r in mine)
+        background = statistics.mean(r["se_background"] for r in mine)
+        print(f"{method:<14}{on_object:8.4f} + {background:.4f}   ({-10 * math.log10(on_object + background):.2f} dB; "
+              f"true background pasted in: {-10 * math.log10(on_object):.2f} dB)")
 
 
 # ----------------------------------------------------------------------------- 3D

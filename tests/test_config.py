@@ -18,6 +18,10 @@ def test_defaults_follow_the_reference_run():
     assert (cfg.train.lr_grid, cfg.train.lr) == (0.03, 0.003)  # measured (README)
     reference = load_config(["reference"], [])
     assert (reference.train.lr, reference.train.lr_grid) == (0.05, 0.0)  # the reference's one rate
+    # Regulariser forms: sjc3d's by default (measured, README), the reference's in its preset; same weights.
+    assert (cfg.loss.near_view_mode, cfg.loss.depth_smooth_mode) == ("input", "squared")
+    assert (reference.loss.near_view_mode, reference.loss.depth_smooth_mode) == ("reference", "reference")
+    assert cfg.loss.near_view == reference.loss.near_view == cfg.loss.depth_smooth == reference.loss.depth_smooth == 1e4
     assert cfg.prior.guidance_scale == 100.0
     assert cfg.camera.resolution == 0 and cfg.camera.radius == 2.0 and cfg.camera.fov_deg == pytest.approx(49.1)
     assert (cfg.sjc.t_min, cfg.sjc.t_max) == (10, 969)

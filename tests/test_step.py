@@ -82,9 +82,10 @@ def count_syncs(monkeypatch):
 
 
 def tiny_stage(*overrides: str):
-    """The oracle on the toy, small renders, with the default (reference) regularisers switched on."""
+    """The oracle on the toy, small renders, with the reference's regularisers switched on."""
     config = load_config(["cpu-tiny"], ["camera.resolution=16", "render.n_samples=24", "train.steps=100",
-                                        "loss.near_view=1e4", "loss.depth_smooth=1e4", *overrides])
+                                        "loss.near_view=1e4", "loss.depth_smooth=1e4", "loss.near_view_mode=reference",
+                                        "loss.depth_smooth_mode=reference", *overrides])
     stage = build_stage(config, None)
     # A fixed "denoised" image (the input view) in place of the oracle, which reads poses on the host.
     target = stage.prior.encode(resize_images(stage.view.rgb[None], config.camera.resolution))

@@ -101,6 +101,28 @@ def test_noisy_latents_follow_the_ddpm_forward_process():
     assert torch.allclose(x[1], math.sqrt(a1) * z0[1] + math.sqrt(1 - a1) * noise[1], atol=1e-6)
 
 
+def test_min_snr_weights_cap_the_clean_levels_and_keep_the_noisy_ones():
+    from sjc3d.sjc import ddpm_alphas_cumprod
+
+    alphas = ddpm_alphas_cumprod()
+    t = torch.tensor([0, 100, 999])
+    assert torch.equal(dm.min_snr_weights(t, alphas, 0.0), torch.ones(3))  # off: the plain objective
+    snr = alphas[t].double() / (1 - alphas[t].double())
+    weights = dm.min_snr_weights(t, alphas, 5.0)
+    assert snr[0] > 5 and snr[2] < 5  # t = 0 nearly clean, t = 999 nearly pure noise
+    assert weights[0].item() == pytest.approx(5.0 / snr[0].item(), rel=1e-5)  # capped: γ / SNR
+    assert weights[2].item() == 1.0  # noisy: untouched
+    assert weights[0] < weights[1] <= weights[2]
+
+
+def test_the_noise_loss_weights_each_sample_of_the_batch():
+    prediction, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    plain = dm.noise_prediction_loss(prediction, noise, torch.ones(2))
+    assert plain.item() == pytest.approx(torch.nn.functional.mse_loss(prediction, noise).item(), rel=1e-6)
+    first_only = dm.noise_prediction_loss(prediction, noise, torch.tensor([2.0, 0.0]))
+    assert first_only.item() == pytest.approx((prediction[0] - noise[0]).square().mean().item(), rel=1e-6)
+
+
 def test_ema_warms_up_and_then_averages():
     assert dm.ema_decay_at(0, 0.999) == pytest.approx(0.1)
     assert dm.ema_decay_at(10_000, 0.999) == 0.999

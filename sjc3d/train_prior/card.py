@@ -58,7 +58,9 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
         f"final L1 {ae_log.final_loss:.4f}, {ae_log.wall_time / 60:.1f} min.",
         f"- Diffusion: {dm_log.steps} steps, global batch {cfg.diffusion.batch}, AdamW lr {cfg.diffusion.lr:g} "
         f"(warm-up {cfg.diffusion.warmup}), EMA {cfg.diffusion.ema_decay}, classifier-free dropout "
-        f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}); final training loss "
+        f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}), "
+        f"{f'Min-SNR-{cfg.diffusion.snr_gamma:g} weighting' if cfg.diffusion.snr_gamma > 0 else 'unweighted ε loss'}; "
+        f"final training loss{' (weighted)' if cfg.diffusion.snr_gamma > 0 else ''} "
         f"{dm_log.final_loss:.4f}, held-out loss (EMA, {len(val_objects)} objects) {validation_loss:.4f}, "
         f"{dm_log.wall_time / 60:.1f} min.",
         f"- Total wall time {wall_time / 60:.1f} min (of which data, caching and export "

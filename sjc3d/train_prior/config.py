@@ -89,6 +89,9 @@ class DiffusionConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     ema_decay: float = 0.999
+    # Min-SNR-γ weighting of the ε loss (diffusion.min_snr_weights); 0 = the plain objective, which γ = 5
+    # did not beat on the toy's novel views (benchmarks/prior_recipe_ab.py; README, "recipe A/Bs").
+    snr_gamma: float = 0.0
     uncond: float = 0.05  # classifier-free dropout unit: image only, both, concat only — each this often
     null_context: Literal["zeros", "original"] = "zeros"  # what a dropped image becomes (see diffusion.py)
     train_image_encoder: bool = True  # a new model learns its encoder; fine-tuning usually keeps it frozen

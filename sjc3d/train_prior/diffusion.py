@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from sjc3d.cameras import zero123_pose
@@ -109,10 +108,28 @@ def noisy_latents(z0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) 
     return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
 
-def diffusion_loss(unet, x_t: Tensor, concat: Tensor, t: Tensor, context: Tensor, noise: Tensor) -> Tensor:
-    """‖ε − ε_θ(x_t ‖ c_concat, t, c_cross)‖², averaged over the batch and latent elements."""
-    prediction = unet(torch.cat([x_t, concat], dim=1), t, encoder_hidden_states=context).sample
-    return F.mse_loss(prediction.float(), noise.float())
+def min_snr_weights(t: Tensor, alphas_cumprod: Tensor, gamma: float) -> Tensor:
+    """Per-sample weights [B] of the ε loss: min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 − ᾱ_t).
+
+    Min-SNR-γ (Hang et al. 2023): the ε loss of a nearly clean latent (SNR ≫ γ) is about detail
+    the decoder barely shows, yet weighs as much as a noisy one's; capping its share is meant to
+    let a model spend itself on coarse structure (on the toy it changed little: README, "recipe
+    A/Bs").  Noisy levels (SNR ≤ γ) keep weight 1.  γ ≤ 0: all ones (the module doc's objective).
+    """
+    if gamma <= 0:
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+    a = alphas_cumprod.to(t.device)[t].double()
+    snr = a / (1 - a)
+    return (snr.clamp(max=gamma) / snr).float()
+
+
+def noise_prediction_loss(prediction: Tensor, noise: Tensor, weights: Tensor) -> Tensor:
+    """Σ_b w_b·mean‖ε_b − ε̂_b‖² / B: the per-sample MSE over latent elements, weighted, averaged.
+
+    prediction, noise: [B, c, h, w]; weights: [B] (ones: the plain MSE).
+    """
+    per_sample = (prediction.float() - noise.float()).square().flatten(1).mean(dim=1)
+    return (weights.to(per_sample) * per_sample).mean()
 
 
 # ----------------------------------------------------------------------------- EMA

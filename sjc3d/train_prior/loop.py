@@ -307,7 +307,7 @@ class PriorTrainer:
             set_learning_rate(optimizer, cfg.lr * dm.learning_rate_scale(step - 1, cfg.warmup))
             draw = dm.draw_pairs(self.views.offsets, self.train_objects, cfg.batch, tuple(self.latents.shape[1:]),
                                  len(alphas), dm.step_generator(self.cfg.run.seed, step)).slice(lo, hi)
-            loss = self._denoising_loss(denoiser, draw, alphas, scale)
+            loss = self._denoising_loss(denoiser, draw, alphas, scale, cfg.snr_gamma)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.grad_clip > 0:
@@ -337,7 +337,9 @@ class PriorTrainer:
         bar.close()
         log.wall_time += time.perf_counter() - t0
 
-    def _denoising_loss(self, denoiser: nn.Module, draw: dm.PairBatch, alphas: Tensor, scale: float) -> Tensor:
+    def _denoising_loss(self, denoiser: nn.Module, draw: dm.PairBatch, alphas: Tensor, scale: float,
+                        snr_gamma: float = 0.0) -> Tensor:
+        """The (weighted, `snr_gamma` > 0) ε loss of one batch of pairs; validation leaves it unweighted."""
         device, u = self.accelerator.device, self.cfg.diffusion.uncond
         z0 = self.latents[draw.target].to(device) * scale
         x_t = dm.noisy_latents(z0, draw.noise.to(device), draw.t.to(device), alphas)
@@ -346,7 +348,8 @@ class PriorTrainer:
         pose = dm.relative_poses(self.views.c2w, draw.cond, draw.target).to(device)
         cond_images = self.views.model_input(draw.cond).to(device)
         prediction = denoiser(x_t, concat, draw.t.to(device), cond_images, pose, drop_image.to(device))
-        return torch.nn.functional.mse_loss(prediction.float(), draw.noise.to(device))
+        weights = dm.min_snr_weights(draw.t.to(device), alphas, snr_gamma)
+        return dm.noise_prediction_loss(prediction, draw.noise.to(device), weights)
 
     @torch.no_grad()
     def validation_loss(self) -> float:

@@ -1,0 +1,105 @@
+"""Diffusion-stage recipes of `sjc3d train-prior`, A against B, judged on held-out novel views.
+
+    python benchmarks/prior_recipe_ab.py --steps 1500 \\
+        --variant base \\
+        --variant min-snr-5 diffusion.snr_gamma=5 \\
+        --variant lr-1e-3 diffusion.lr=0.001
+
+Each variant trains the UNet stage of `configs/prior/toy.yaml` (plus its overrides, and
+`diffusion.steps=--steps`) from the *shipped* model's frozen autoencoder, so the hour's first
+stage is not repeated and every variant sees the same latents; same seed, so the same pairs,
+timesteps and noise at every step.  The trained model is then scored as
+`benchmarks/learned_prior.py --part views` scores the shipped one: DDIM samples of held-out
+objects at 6 relative poses against the true views, mean PSNR (SSIM), plus the card's held-out
+ε loss (EMA weights, unweighted).  Run it alone on the machine (each variant of 1,500 steps
+takes ~10 min on 2 cores); runs are kept under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+SHIPPED = ROOT / "assets" / "zero123-toy"
+STAGES = ("setup", "autoencoder", "diffusion")
+
+
+def start_from_shipped_autoencoder(cfg, paths) -> None:
+    """Write a checkpoint that ends stage 1 with the shipped VAE, for train_prior(resume=True)."""
+    from diffusers import AutoencoderKL
+
+    from sjc3d.train_prior.command import build_model
+    from sjc3d.train_prior.loop import StageLog
+
+    shipped = AutoencoderKL.from_pretrained(SHIPPED / "vae").float()
+    vae = build_model(cfg).vae
+    vae.load_state_dict(shipped.state_dict())  # fails loudly if the config is not the shipped architecture
+    paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"stage": "autoencoder", "step": cfg.autoencoder.steps, "vae": vae.state_dict(),
+                "optimizer": torch.optim.AdamW(vae.parameters()).state_dict(),
+                "scaling_factor": float(shipped.config.scaling_factor),
+                "logs": {k: vars(StageLog()) for k in STAGES}}, paths.checkpoint)
+
+
+def held_out_loss(card: Path) -> float:
+    """The held-out ε loss the model card reports."""
+    text = card.read_text()
+    marker = "held-out loss (EMA"
+    tail = text[text.index(marker):]
+    return float(tail.split(")", 1)[1].split(",")[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE]")
+    parser.add_argument("--steps", type=int, default=1500, help="UNet steps of every variant")
+    parser.add_argument("--objects", type=int, default=8)
+    parser.add_argument("--guidance", type=float, default=10.0)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "prior-recipe")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import learned_prior
+
+    from sjc3d.train_prior.command import train_prior
+    from sjc3d.train_prior.config import load_training_config
+    from sjc3d.train_prior.loop import PriorRunPaths
+
+    objects = learned_prior.held_out_objects(args.objects)
+    results = []
+    for name, *overrides in args.variant:
+        cfg = load_training_config(str(ROOT / "configs" / "prior" / "toy.yaml"),
+                                   [*overrides, f"diffusion.steps={args.steps}", "run.sample_every=0"])
+        paths = PriorRunPaths(args.out / name)
+        if not (paths.model / "MODEL.md").is_file():
+            start_from_shipped_autoencoder(cfg, paths)
+            train_prior(cfg, paths, resume=True, progress=False)
+        rows = learned_prior.views_part(str(paths.model), objects, [args.guidance], args.seeds, 50)
+        mine = [r for r in rows if r["method"] != "copy-input"]
+        results.append({"variant": name, "overrides": overrides,
+                        "psnr": statistics.mean(r["psnr"] for r in mine),
+                        "ssim": statistics.mean(r["ssim"] for r in mine),
+                        "held_out_loss": held_out_loss(paths.model / "MODEL.md")})
+        print(json.dumps(results[-1]), flush=True)
+    print(f"\n{args.steps} UNet steps from the shipped autoencoder; novel views at guidance {args.guidance:g}, "
+          f"{args.objects} held-out objects × 6 poses × {args.seeds} seeds")
+    print(f"{'variant':<16}{'PSNR':>8}{'SSIM':>8}{'held-out loss':>15}")
+    for r in results:
+        print(f"{r['variant']:<16}{r['psnr']:8.2f}{r['ssim']:8.3f}{r['held_out_loss']:15.4f}")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
