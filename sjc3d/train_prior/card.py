@@ -31,6 +31,8 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
     wall_time = sum(log.wall_time for log in logs.values())
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     size = int(parts.vae.config.sample_size)
+    gamma = cfg.diffusion.snr_gamma
+    objective = f"Min-SNR-{gamma:g} weighting" if gamma > 0 else "unweighted ε loss"
     lines = [
         "# sjc3d toy Zero-1-to-3 prior" if not cfg.model.init_from else f"# Zero-1-to-3 fine-tuned from {cfg.model.init_from}",
         "",
@@ -58,9 +60,8 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
         f"final L1 {ae_log.final_loss:.4f}, {ae_log.wall_time / 60:.1f} min.",
         f"- Diffusion: {dm_log.steps} steps, global batch {cfg.diffusion.batch}, AdamW lr {cfg.diffusion.lr:g} "
         f"(warm-up {cfg.diffusion.warmup}), EMA {cfg.diffusion.ema_decay}, classifier-free dropout "
-        f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}), "
-        f"{f'Min-SNR-{cfg.diffusion.snr_gamma:g} weighting' if cfg.diffusion.snr_gamma > 0 else 'unweighted ε loss'}; "
-        f"final training loss{' (weighted)' if cfg.diffusion.snr_gamma > 0 else ''} "
+        f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}), {objective}; "
+        f"final training loss{' (weighted)' if gamma > 0 else ''} "
         f"{dm_log.final_loss:.4f}, held-out loss (EMA, {len(val_objects)} objects) {validation_loss:.4f}, "
         f"{dm_log.wall_time / 60:.1f} min.",
         f"- Total wall time {wall_time / 60:.1f} min (of which data, caching and export "
