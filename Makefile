@@ -45,6 +45,7 @@ test-browser: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/prior.py
+	$(PY) benchmarks/prior_step.py
 	$(PY) benchmarks/oracle_reconstruction.py ../shared/data/meshes/spot.obj ../shared/data/meshes/blub.obj ../shared/data/meshes/fuze.obj
 	$(PY) benchmarks/oracle_reconstruction.py assets/toy.obj --out outputs/bench/export
 	$(PY) benchmarks/export_quality.py outputs/bench/export/toy --truth assets/toy.obj

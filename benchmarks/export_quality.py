@@ -6,7 +6,8 @@ For each run directory (any `sjc3d fit` output: RGB or latent field):
 
 Colour table
     The mesh is exported (Taubin smoothing as the library default, `--smooth`) at each face
-    budget (`--faces`, 0 = no decimation) with vertex
+    budget (`--faces`, 0 = no decimation; `--compare-fit`: decimated with and without
+    `export.fit_decimated`, the library default otherwise) with vertex
     colours and with a baked texture (`--texture-size`), then rendered (sjc3d.mesh_raster,
     unlit, 4× supersampled and box-filtered, textures sampled bilinearly) from 8 views around
     the object: azimuths 0°, 45°, …, 315° at elevations alternating 0° and 30°, at the run's
@@ -147,17 +148,20 @@ def colour_rows(run, args, truth_path: Path | None, up: str) -> list[dict]:
     size = targets[0].shape[0]  # the decoder's output size for a latent field
     truth = truth_views(truth_path, up, c2w, cam.fov_deg, size) if truth_path is not None else None
     rows = []
-    for faces in args.faces:
+    variants = [(faces, fit) for faces in args.faces
+                for fit in ([True, False] if faces > 0 and args.compare_fit else [cfg0.fit_decimated])]
+    for faces, fit in variants:
         for texture_size in [0, *args.texture_size]:  # 0: vertex colours
             texture = texture_size > 0
-            cfg = dataclasses.replace(cfg0, max_faces=faces, texture=texture, texture_size=texture_size or 1024)
+            cfg = dataclasses.replace(cfg0, max_faces=faces, texture=texture, texture_size=texture_size or 1024,
+                                      fit_decimated=fit)
             start = time.perf_counter()
             result = export_field(run.field, cfg, views)
             seconds = time.perf_counter() - start
             renders = render_mesh_views(result.mesh, c2w, cam.fov_deg, size)
             rows.append({
                 "faces": len(result.mesh.faces), "budget": faces,
-                "colours": f"tex {texture_size}" if texture else "vertex",
+                "colours": f"tex {texture_size}" if texture else "vertex", "fit_decimated": fit and faces > 0,
                 "psnr_field": mean_psnr(renders, targets),
                 "psnr_field_inside": mean_inside_psnr(renders, targets),
                 "psnr_truth": mean_psnr(renders, truth) if truth is not None else float("nan"),
@@ -165,7 +169,7 @@ def colour_rows(run, args, truth_path: Path | None, up: str) -> list[dict]:
                 "export_s": seconds,
             })
             r = rows[-1]
-            print(f"  {r['budget']:>6} {r['faces']:>7} {r['colours']:<9} {r['psnr_field']:8.2f} {r['psnr_field_inside']:8.2f} "
+            print(f"  {r['budget']:>6}{'+fit' if r['fit_decimated'] else '    '} {r['faces']:>7} {r['colours']:<9} {r['psnr_field']:8.2f} {r['psnr_field_inside']:8.2f} "
                   f"{r['psnr_truth']:8.2f} {r['psnr_truth_inside']:8.2f} {seconds:8.1f}", flush=True)
     field_vs_truth = mean_psnr(targets, truth) if truth is not None else float("nan")
     print(f"  (the field's own renders against the truth: {field_vs_truth:.2f} dB)")
@@ -202,6 +206,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256, help="render side for RGB fields")
     parser.add_argument("--no-surface", action="store_true", help="skip the smoothing table")
     parser.add_argument("--no-colour", action="store_true", help="skip the colour table")
+    parser.add_argument("--compare-fit", action="store_true",
+                        help="decimated budgets with and without fitting the coarse surface to the full one (+fit)")
     args = parser.parse_args()
     args.faces = [int(x) for x in args.faces.split(",")]
     args.texture_size = [int(x) for x in args.texture_size.split(",")]
@@ -214,7 +220,7 @@ def main() -> int:
         print(f"\n{run_dir} ({'RGB' if run.field.n_channels == 3 else 'latent'} field, grid {grid}^3)")
         record = {"run": str(run_dir), "truth": str(truth_path) if truth_path else None}
         if not args.no_colour:
-            print(f"  {'budget':>6} {'faces':>7} {'colours':<9} {'field':>8} {'(inside)':>8} {'truth':>8} {'(inside)':>8} "
+            print(f"  {'budget':>10} {'faces':>7} {'colours':<9} {'field':>8} {'(inside)':>8} {'truth':>8} {'(inside)':>8} "
                   f"{'export s':>8}   (8-view mean PSNR, dB)")
             record["colour"] = colour_rows(run, args, truth_path, up)
         if truth_path is not None and not args.no_surface:

@@ -1,17 +1,20 @@
 """Diffusion-stage recipes of `sjc3d train-prior`, A against B, judged on held-out novel views.
 
     python benchmarks/prior_recipe_ab.py --steps 1500 \\
-        --variant base \\
-        --variant min-snr-5 diffusion.snr_gamma=5 \\
-        --variant lr-1e-3 diffusion.lr=0.001
+        --variant base diffusion.lr=0.0003 diffusion.autocast=float32 \\
+        --variant min-snr-5 diffusion.lr=0.0003 diffusion.autocast=float32 diffusion.snr_gamma=5 \\
+        --variant lr-1e-3 diffusion.lr=0.001 diffusion.autocast=float32 \\
+        --variant bf16 diffusion.lr=0.0003 diffusion.autocast=bf16
 
 Each variant trains the UNet stage of `configs/prior/toy.yaml` (plus its overrides, and
-`diffusion.steps=--steps`) from the *shipped* model's frozen autoencoder, so the hour's first
-stage is not repeated and every variant sees the same latents; same seed, so the same pairs,
+`diffusion.steps=--steps`) on the *shipped* model's frozen autoencoder (`autoencoder.init_from`,
+`--autoencoder`), so the hour's first stage is not repeated and every variant sees the same
+latents; same seed, so the same pairs,
 timesteps and noise at every step.  The trained model is then scored as
 `benchmarks/learned_prior.py --part views` scores the shipped one: DDIM samples of held-out
 objects at 6 relative poses against the true views, mean PSNR (SSIM), plus the card's held-out
-ε loss (EMA weights, unweighted).  Run it alone on the machine (each variant of 1,500 steps
+ε loss (EMA weights, unweighted) and the UNet stage's training rate (it/s over the run; time the
+variants only on an otherwise idle machine).  Run it alone on the machine (each variant of 1,500 steps
 takes ~10 min on 2 cores); runs are kept under --out.
 """
 
@@ -30,24 +33,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SHIPPED = ROOT / "assets" / "zero123-toy"
-STAGES = ("setup", "autoencoder", "diffusion")
-
-
-def start_from_shipped_autoencoder(cfg, paths) -> None:
-    """Write a checkpoint that ends stage 1 with the shipped VAE, for train_prior(resume=True)."""
-    from diffusers import AutoencoderKL
-
-    from sjc3d.train_prior.command import build_model
-    from sjc3d.train_prior.loop import StageLog
-
-    shipped = AutoencoderKL.from_pretrained(SHIPPED / "vae").float()
-    vae = build_model(cfg).vae
-    vae.load_state_dict(shipped.state_dict())  # fails loudly if the config is not the shipped architecture
-    paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"stage": "autoencoder", "step": cfg.autoencoder.steps, "vae": vae.state_dict(),
-                "optimizer": torch.optim.AdamW(vae.parameters()).state_dict(),
-                "scaling_factor": float(shipped.config.scaling_factor),
-                "logs": {k: vars(StageLog()) for k in STAGES}}, paths.checkpoint)
 
 
 def held_out_loss(card: Path) -> float:
@@ -58,10 +43,17 @@ def held_out_loss(card: Path) -> float:
     return float(tail.split(")", 1)[1].split(",")[0])
 
 
+def training_rate(metrics: Path) -> float:
+    """The diffusion stage's steps per second over the whole run (its last metrics record)."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return float([r for r in records if r["stage"] == "diffusion"][-1]["it_per_s"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE]")
     parser.add_argument("--steps", type=int, default=1500, help="UNet steps of every variant")
+    parser.add_argument("--autoencoder", default=str(SHIPPED), help="the trained autoencoder every variant uses")
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--guidance", type=float, default=10.0)
     parser.add_argument("--seeds", type=int, default=2)
@@ -80,23 +72,24 @@ def main() -> int:
     results = []
     for name, *overrides in args.variant:
         cfg = load_training_config(str(ROOT / "configs" / "prior" / "toy.yaml"),
-                                   [*overrides, f"diffusion.steps={args.steps}", "run.sample_every=0"])
+                                   [f"autoencoder.init_from={args.autoencoder}", *overrides,
+                                    f"diffusion.steps={args.steps}", "run.sample_every=0"])
         paths = PriorRunPaths(args.out / name)
         if not (paths.model / "MODEL.md").is_file():
-            start_from_shipped_autoencoder(cfg, paths)
-            train_prior(cfg, paths, resume=True, progress=False)
+            train_prior(cfg, paths, progress=False)
         rows = learned_prior.views_part(str(paths.model), objects, [args.guidance], args.seeds, 50)
         mine = [r for r in rows if r["method"] != "copy-input"]
         results.append({"variant": name, "overrides": overrides,
                         "psnr": statistics.mean(r["psnr"] for r in mine),
                         "ssim": statistics.mean(r["ssim"] for r in mine),
-                        "held_out_loss": held_out_loss(paths.model / "MODEL.md")})
+                        "held_out_loss": held_out_loss(paths.model / "MODEL.md"),
+                        "it_per_s": training_rate(paths.metrics)})
         print(json.dumps(results[-1]), flush=True)
     print(f"\n{args.steps} UNet steps from the shipped autoencoder; novel views at guidance {args.guidance:g}, "
           f"{args.objects} held-out objects × 6 poses × {args.seeds} seeds")
-    print(f"{'variant':<16}{'PSNR':>8}{'SSIM':>8}{'held-out loss':>15}")
+    print(f"{'variant':<16}{'PSNR':>8}{'SSIM':>8}{'held-out loss':>15}{'it/s':>8}")
     for r in results:
-        print(f"{r['variant']:<16}{r['psnr']:8.2f}{r['ssim']:8.3f}{r['held_out_loss']:15.4f}")
+        print(f"{r['variant']:<16}{r['psnr']:8.2f}{r['ssim']:8.3f}{r['held_out_loss']:15.4f}{r['it_per_s']:8.2f}")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 

@@ -184,6 +184,9 @@ class ExportConfig:
     smooth_iterations: int = 30  # Taubin λ|μ passes on the mesh (removes hash-grid facets; README)
     density_sigma: float = 0.0  # Gaussian filter on the density grid before marching cubes (voxels)
     max_faces: int = 0  # 0 = no decimation
+    # After decimation, fit the coarse surface to the full one (cleanup.fit_to_surface). Off: at 5k faces it
+    # raised the demo's 8-view PSNR 0.07 dB but lowered the oracle toy's 0.16 (README, export benchmarks).
+    fit_decimated: bool = False
     color_views: int = 16  # rendered views used to colour a latent field
     texture: bool = False  # UV atlas + baked colour texture (.glb/.obj) instead of vertex colours
     texture_size: int = 1024  # side of the square texture (texels)

@@ -23,7 +23,14 @@ from sjc3d.export import (
     render_colored_mesh,
     write_mesh,
 )
-from sjc3d.export.cleanup import cluster_decimate, decimate, has_quadric_decimation, remove_small_components, taubin_smooth
+from sjc3d.export.cleanup import (
+    closest_points_on,
+    cluster_decimate,
+    decimate,
+    has_quadric_decimation,
+    remove_small_components,
+    taubin_smooth,
+)
 from sjc3d.export.grid import choose_threshold, close_boundary, sample_density_grid
 from sjc3d.mesh_raster import rasterize
 from sjc3d.export.gltf import linear_to_srgb, read_glb
@@ -290,6 +297,34 @@ def test_quadric_decimation_meets_the_face_budget():
     mesh = trimesh.creation.icosphere(4, radius=0.5)
     small = decimate(mesh, 800)
     assert len(small.faces) <= 800 and small.volume == pytest.approx(mesh.volume, rel=0.05)
+
+
+@pytest.mark.skipif(not has_quadric_decimation(), reason="fast-simplification is not installed")
+def test_fitting_the_decimated_surface_brings_it_closer_to_the_original():
+    """On a sphere the coarse surface's mean distance to the true one drops by a third (measured
+    0.0040 → 0.0026 at 500 faces of a 20k-face sphere) and its volume returns to the original's."""
+    fine = trimesh.creation.icosphere(subdivisions=5)
+
+    def mean_deviation(mesh) -> float:
+        points, _ = trimesh.sample.sample_surface(mesh, 20000, seed=0)
+        return float(np.abs(np.linalg.norm(points, axis=1) - 1).mean())
+
+    plain, fitted = decimate(fine, 500), decimate(fine, 500, fit=True)
+    assert len(fitted.faces) == len(plain.faces) <= 500
+    assert mean_deviation(fitted) < 0.8 * mean_deviation(plain)
+    assert abs(fitted.volume - fine.volume) < 0.25 * abs(plain.volume - fine.volume)
+
+
+def test_closest_points_on_a_mesh_are_exact():
+    """Against brute force over every face, at points around a coarse sphere."""
+    mesh = trimesh.creation.icosphere(subdivisions=1)  # 80 faces
+    points = np.random.default_rng(0).normal(size=(300, 3)) * 0.8
+    face, weights = closest_points_on(mesh, points)
+    found = np.einsum("nk,nkd->nd", weights, mesh.triangles[face])
+    every = trimesh.triangles.closest_point(np.tile(mesh.triangles, (len(points), 1, 1)),
+                                            np.repeat(points, len(mesh.faces), axis=0))
+    exact = np.linalg.norm(every - np.repeat(points, len(mesh.faces), axis=0), axis=1).reshape(len(points), -1).min(1)
+    assert np.allclose(np.linalg.norm(found - points, axis=1), exact, atol=1e-9)
 
 
 def test_max_faces_through_the_pipeline():

@@ -24,7 +24,7 @@ TINY = [
     "model.unet_cross_attention=[false, true]", "model.embedding_dim=16", "model.clip_width=16",
     "model.clip_layers=1", "model.clip_heads=2", "model.clip_patch=4", "model.clip_image_size=16",
     "autoencoder.steps=4", "autoencoder.batch=4", "autoencoder.crop=8",
-    "diffusion.steps=6", "diffusion.batch=4", "diffusion.warmup=2",
+    "diffusion.steps=6", "diffusion.batch=4", "diffusion.warmup=2", "diffusion.autocast=float32",
     "data.held_out_objects=2", "run.checkpoint_every=3", "run.log_every=1", "run.sample_every=0",
     "run.samples=2", "run.sample_steps=2", "run.device=cpu", "run.weights_dtype=float32",
 ]
@@ -122,6 +122,46 @@ def test_min_snr_weighting_reaches_the_training_loss(trained: PriorRunPaths, tin
         return next(r["loss"] for r in records if r["stage"] == "diffusion" and r["step"] == 1)
 
     assert first_diffusion_loss(paths.metrics) < 0.5 * first_diffusion_loss(trained.metrics)
+
+
+def test_bf16_autocast_runs_the_denoiser_in_bf16(trained: PriorRunPaths, tiny_views, tmp_path):
+    """Same draws and initial weights: bf16 autocast of the diffusion stage moves its step-1 loss a
+    little, not a lot; the autoencoder stage, left in float32, is unchanged; the card says so."""
+    cfg, paths = tiny_config(tiny_views, tmp_path / "run", "diffusion.steps=1", "diffusion.autocast=bf16")
+    train_prior(cfg, paths, progress=False)
+
+    def first_losses(metrics: Path) -> tuple[float, float]:
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        return (next(r["l1"] for r in records if r["stage"] == "autoencoder" and r["step"] == 1),
+                next(r["loss"] for r in records if r["stage"] == "diffusion" and r["step"] == 1))
+
+    (ae_bf16, dm_bf16), (ae_fp32, dm_fp32) = first_losses(paths.metrics), first_losses(trained.metrics)
+    assert ae_bf16 == ae_fp32
+    assert dm_bf16 != dm_fp32 and dm_bf16 == pytest.approx(dm_fp32, rel=0.05)
+    assert "diffusion bf16 autocast" in (paths.model / "MODEL.md").read_text()
+    assert "autoencoder float32, diffusion float32" in (trained.model / "MODEL.md").read_text()
+
+
+def test_a_trained_autoencoder_replaces_stage_one(trained: PriorRunPaths, tiny_views, tmp_path):
+    from safetensors.torch import load_file
+
+    from sjc3d.errors import ConfigError
+
+    cfg, paths = tiny_config(tiny_views, tmp_path / "run", "diffusion.steps=2", f"autoencoder.init_from={trained.model}")
+    train_prior(cfg, paths, progress=False)
+    stages = {json.loads(line)["stage"] for line in paths.metrics.read_text().splitlines()}
+    assert stages == {"diffusion"}
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    theirs, mine = load_file(trained.model / vae), load_file(paths.model / vae)
+    assert all(torch.equal(theirs[k], mine[k]) for k in theirs)
+    config = lambda folder: json.loads((folder / "vae" / "config.json").read_text())  # noqa: E731
+    assert config(paths.model)["scaling_factor"] == config(trained.model)["scaling_factor"]
+    assert f"taken from `{trained.model}`" in (paths.model / "MODEL.md").read_text()
+
+    cfg, paths = tiny_config(tiny_views, tmp_path / "other", f"autoencoder.init_from={trained.model}",
+                             "model.vae_channels=[8, 16]")
+    with pytest.raises(ConfigError, match="block_out_channels"):
+        train_prior(cfg, paths, progress=False)
 
 
 def test_fine_tuning_starts_from_a_public_layout(tiny_zero123, tiny_views, tmp_path):

@@ -46,8 +46,9 @@ def has_quadric_decimation() -> bool:
     return importlib.util.find_spec("fast_simplification") is not None
 
 
-def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
-    """At most `max_faces` faces: quadric decimation when available, else vertex clustering.
+def decimate(mesh: trimesh.Trimesh, max_faces: int, fit: bool = False) -> trimesh.Trimesh:
+    """At most `max_faces` faces: quadric decimation when available, else vertex clustering;
+    then (`fit`) the coarse surface fitted to the original (`fit_to_surface`).
 
     Quadric error decimation (trimesh + the optional `fast-simplification` package) keeps shape
     best. Without it sjc3d falls back to vertex clustering (`cluster_decimate`): cruder (it can
@@ -55,11 +56,67 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     """
     if max_faces <= 0 or len(mesh.faces) <= max_faces:
         return mesh
+    out = None
     if has_quadric_decimation():
         out = mesh.simplify_quadric_decimation(face_count=int(max_faces))
-        if 0 < len(out.faces) <= max_faces:
-            return out
-    return cluster_decimate(mesh, max_faces)
+        if not 0 < len(out.faces) <= max_faces:
+            out = None
+    if out is None:
+        out = cluster_decimate(mesh, max_faces)
+    return fit_to_surface(out, mesh) if fit and len(out.faces) else out
+
+
+def closest_points_on(mesh: trimesh.Trimesh, points: np.ndarray, candidates: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(face index [N], barycentric coordinates [N, 3]) of each point's closest point on `mesh`.
+
+    Exact among the `candidates` faces whose centroids are nearest the point (a KD-tree, so no
+    rtree dependency); on a mesh of roughly even triangles the closest face is among them.
+    """
+    from scipy.spatial import cKDTree
+
+    k = min(candidates, len(mesh.faces))
+    _, near = cKDTree(mesh.triangles_center).query(points, k=k)
+    near = near.reshape(len(points), k)
+    triangles = mesh.triangles[near.reshape(-1)]  # [N*k, 3, 3]
+    repeated = np.repeat(points, k, axis=0)
+    on_face = trimesh.triangles.closest_point(triangles, repeated)
+    best = np.linalg.norm(on_face - repeated, axis=1).reshape(len(points), k).argmin(axis=1)
+    pick = np.arange(len(points)) * k + best
+    weights = trimesh.triangles.points_to_barycentric(triangles[pick], on_face[pick])
+    return near[np.arange(len(points)), best], np.clip(weights, 0.0, 1.0)
+
+
+def fit_to_surface(coarse: trimesh.Trimesh, fine: trimesh.Trimesh, iterations: int = 2,
+                   spring: float = 1e-2) -> trimesh.Trimesh:
+    """Move a decimated mesh's vertices so its surface passes through the original's vertices.
+
+    The vertex-position step of Hoppe et al.'s mesh optimisation (1993): each fine vertex p is
+    matched to its closest point Σ bᵢ vᵢ on the coarse surface, and the coarse vertices v solve
+        min_v Σ_p |p − Σᵢ bᵢ vᵢ|² + spring·Σ_edges |vᵢ − vⱼ|²
+    (a sparse linear system, per coordinate), matching again after each solve. Quadric decimation
+    places each vertex against its own neighbourhood's planes only; this fits the whole coarse
+    surface to the whole fine one, which is what its silhouettes are judged on. Topology is
+    unchanged; returns a new mesh.
+    """
+    from scipy.sparse import coo_matrix, diags, identity
+    from scipy.sparse.linalg import spsolve
+
+    out = coarse.copy()
+    n = len(out.vertices)
+    edges = out.edges_unique
+    adjacency = coo_matrix((np.ones(2 * len(edges)), (np.r_[edges[:, 0], edges[:, 1]], np.r_[edges[:, 1], edges[:, 0]])),
+                           shape=(n, n)).tocsr()
+    laplacian = diags(np.asarray(adjacency.sum(axis=1)).ravel()) - adjacency
+    targets = np.asarray(fine.vertices)
+    anchor = 1e-6  # keeps vertices no fine point reaches where they are
+    for _ in range(iterations):
+        face, weights = closest_points_on(out, targets)
+        rows = np.repeat(np.arange(len(targets)), 3)
+        matrix = coo_matrix((weights.ravel(), (rows, out.faces[face].ravel())), shape=(len(targets), n)).tocsr()
+        system = (matrix.T @ matrix + spring * laplacian + anchor * identity(n)).tocsc()
+        rhs = matrix.T @ targets + anchor * np.asarray(out.vertices)
+        out.vertices = np.column_stack([spsolve(system, rhs[:, axis]) for axis in range(3)])
+    return out
 
 
 def _cluster(vertices: np.ndarray, faces: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
@@ -100,9 +157,10 @@ def cluster_decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
 
 
 def clean_mesh(
-    mesh: trimesh.Trimesh, min_component_fraction: float, smooth_iterations: int = 0, max_faces: int = 0
+    mesh: trimesh.Trimesh, min_component_fraction: float, smooth_iterations: int = 0, max_faces: int = 0,
+    fit_decimated: bool = False,
 ) -> trimesh.Trimesh:
     """Floaters out, then smoothing, then decimation (each optional)."""
     mesh = remove_small_components(mesh, min_component_fraction)
     mesh = taubin_smooth(mesh, smooth_iterations)
-    return decimate(mesh, max_faces)
+    return decimate(mesh, max_faces, fit_decimated)

@@ -73,7 +73,7 @@ def field_geometry(
         )
     mesh = trimesh.Trimesh(vertices, faces, process=False)
     raw_faces = len(mesh.faces)
-    mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.smooth_iterations, cfg.max_faces)
+    mesh = clean_mesh(mesh, cfg.min_component_fraction, cfg.smooth_iterations, cfg.max_faces, cfg.fit_decimated)
     return mesh, choice, 2.0 * bound / (cfg.resolution - 1), raw_faces
 
 

@@ -16,6 +16,10 @@ def _folder_size(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
+def _arithmetic(autocast: str) -> str:
+    return "float32" if autocast == "float32" else f"{autocast} autocast (float32 weights)"
+
+
 def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs: dict, validation_loss: float) -> Path:
     """Write <folder>/MODEL.md from the run's configuration, data and stage logs."""
     from sjc3d.train_prior.model import load_components_quietly
@@ -33,6 +37,12 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
     size = int(parts.vae.config.sample_size)
     gamma = cfg.diffusion.snr_gamma
     objective = f"Min-SNR-{gamma:g} weighting" if gamma > 0 else "unweighted ε loss"
+    if cfg.autoencoder.init_from:
+        autoencoder_line = f"- Autoencoder: taken from `{cfg.autoencoder.init_from}` (not trained in this run)."
+    else:
+        autoencoder_line = (f"- Autoencoder: {ae_log.steps} steps, batch {cfg.autoencoder.batch}, "
+                            f"{cfg.autoencoder.crop}² crops, final L1 {ae_log.final_loss:.4f}, "
+                            f"{ae_log.wall_time / 60:.1f} min.")
     lines = [
         "# sjc3d toy Zero-1-to-3 prior" if not cfg.model.init_from else f"# Zero-1-to-3 fine-tuned from {cfg.model.init_from}",
         "",
@@ -56,14 +66,15 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
         f"- Weights stored as {cfg.run.weights_dtype} safetensors; folder size {_folder_size(folder):.1f} MB.",
         "",
         "## Training",
-        f"- Autoencoder: {ae_log.steps} steps, batch {cfg.autoencoder.batch}, {cfg.autoencoder.crop}² crops, "
-        f"final L1 {ae_log.final_loss:.4f}, {ae_log.wall_time / 60:.1f} min.",
+        autoencoder_line,
         f"- Diffusion: {dm_log.steps} steps, global batch {cfg.diffusion.batch}, AdamW lr {cfg.diffusion.lr:g} "
         f"(warm-up {cfg.diffusion.warmup}), EMA {cfg.diffusion.ema_decay}, classifier-free dropout "
         f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}), {objective}; "
         f"final training loss{' (weighted)' if gamma > 0 else ''} "
         f"{dm_log.final_loss:.4f}, held-out loss (EMA, {len(val_objects)} objects) {validation_loss:.4f}, "
         f"{dm_log.wall_time / 60:.1f} min.",
+        f"- Arithmetic: autoencoder {_arithmetic(cfg.autoencoder.autocast)}, "
+        f"diffusion {_arithmetic(cfg.diffusion.autocast)}.",
         f"- Total wall time {wall_time / 60:.1f} min (of which data, caching and export "
         f"{logs['setup'].wall_time / 60:.1f} min).",
         "",

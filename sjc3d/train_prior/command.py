@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -37,7 +39,11 @@ def make_accelerator(device: str):
     from sjc3d.device import resolve_device
 
     cpu = resolve_device(device, setting="run.device").type == "cpu"
-    return Accelerator(cpu=cpu)
+    launcher_choice = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher_choice not in ("", "no"):
+        print(f"sjc3d train-prior: accelerate's mixed precision ({launcher_choice}) is not used; precision is set "
+              "per stage: autoencoder.autocast / diffusion.autocast=bf16", file=sys.stderr)
+    return Accelerator(cpu=cpu, mixed_precision="no")  # the stages autocast themselves (loop.autocast)
 
 
 def procedural_root(cfg: PriorTrainingConfig, size: int) -> Path:
@@ -116,7 +122,12 @@ def train_prior(cfg: PriorTrainingConfig, paths: PriorRunPaths, resume: bool = F
     trainer.logs["setup"].wall_time += time.perf_counter() - start  # model, data (rendered once), loading
 
     new_model = not cfg.model.init_from
-    if new_model and (state is None or state["stage"] == "autoencoder"):
+    if new_model and cfg.autoencoder.init_from and state is None:
+        from sjc3d.train_prior.model import adopt_autoencoder
+
+        adopt_autoencoder(parts, cfg.autoencoder.init_from)  # stage 1 done elsewhere
+        trainer.freeze_autoencoder(measure_scale=False)
+    elif new_model and (state is None or state["stage"] == "autoencoder"):
         trainer.train_autoencoder(state)
         if trainer.stopped:
             return trainer

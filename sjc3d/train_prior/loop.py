@@ -124,6 +124,18 @@ def rank_slice(batch: int, accelerator) -> tuple[int, int]:
     return rank * share, (rank + 1) * share
 
 
+def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, with torch's fused kernel where it has one (CPU, CUDA): the same update in one pass
+    over all tensors instead of a loop over them (≈ 0.03 s of the toy UNet's 0.3 s step on 2 CPU cores)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def autocast(device: torch.device, arithmetic: str):
+    """A stage's forward-pass context: bf16 autocast when `arithmetic` is "bf16", else float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=arithmetic == "bf16")
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -219,7 +231,7 @@ class PriorTrainer:
     def train_autoencoder(self, resume: Optional[dict]) -> None:
         cfg, acc = self.cfg.autoencoder, self.accelerator
         objective = AutoencoderObjective(self.parts.vae, cfg.kl_weight)
-        optimizer = torch.optim.AdamW(self.parts.vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adamw(self.parts.vae.parameters(), cfg.lr, cfg.weight_decay, acc.device)
         start = 0
         if resume is not None:
             self.parts.vae.load_state_dict(resume["vae"])
@@ -242,7 +254,8 @@ class PriorTrainer:
             eps = None  # decode the posterior mean
             if cfg.sample_posterior:
                 eps = torch.randn((cfg.batch, *latent_shape), generator=g)[lo:hi].to(acc.device)
-            loss, l1 = objective(images[lo:hi].to(acc.device), eps)
+            with autocast(acc.device, cfg.autocast):
+                loss, l1 = objective(images[lo:hi].to(acc.device), eps)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             optimizer.step()
@@ -284,7 +297,7 @@ class PriorTrainer:
         parts.image_encoder.requires_grad_(cfg.train_image_encoder)
         denoiser = ConditionedDenoiser(parts, cfg.null_context).to(acc.device).train()
         trainable = [p for p in denoiser.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adamw(trainable, cfg.lr, cfg.weight_decay, acc.device)
         self.ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
         start = 0
         if resume is not None and resume["stage"] == "diffusion":
@@ -307,7 +320,7 @@ class PriorTrainer:
             set_learning_rate(optimizer, cfg.lr * dm.learning_rate_scale(step - 1, cfg.warmup))
             draw = dm.draw_pairs(self.views.offsets, self.train_objects, cfg.batch, tuple(self.latents.shape[1:]),
                                  len(alphas), dm.step_generator(self.cfg.run.seed, step)).slice(lo, hi)
-            loss = self._denoising_loss(denoiser, draw, alphas, scale, cfg.snr_gamma)
+            loss = self._denoising_loss(denoiser, draw, alphas, scale, cfg.snr_gamma, cfg.autocast)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.grad_clip > 0:
@@ -338,8 +351,9 @@ class PriorTrainer:
         log.wall_time += time.perf_counter() - t0
 
     def _denoising_loss(self, denoiser: nn.Module, draw: dm.PairBatch, alphas: Tensor, scale: float,
-                        snr_gamma: float = 0.0) -> Tensor:
-        """The (weighted, `snr_gamma` > 0) ε loss of one batch of pairs; validation leaves it unweighted."""
+                        snr_gamma: float = 0.0, arithmetic: str = "float32") -> Tensor:
+        """The (weighted, `snr_gamma` > 0) ε loss of one batch of pairs; validation leaves it unweighted
+        and in float32."""
         device, u = self.accelerator.device, self.cfg.diffusion.uncond
         z0 = self.latents[draw.target].to(device) * scale
         x_t = dm.noisy_latents(z0, draw.noise.to(device), draw.t.to(device), alphas)
@@ -347,7 +361,9 @@ class PriorTrainer:
         concat = self.latents[draw.cond].to(device) * (~drop_concat).float().view(-1, 1, 1, 1).to(device)
         pose = dm.relative_poses(self.views.c2w, draw.cond, draw.target).to(device)
         cond_images = self.views.model_input(draw.cond).to(device)
-        prediction = denoiser(x_t, concat, draw.t.to(device), cond_images, pose, drop_image.to(device))
+        with autocast(device, arithmetic):
+            prediction = denoiser(x_t, concat, draw.t.to(device), cond_images, pose, drop_image.to(device))
+        prediction = prediction.float()  # the loss in float32
         weights = dm.min_snr_weights(draw.t.to(device), alphas, snr_gamma)
         return dm.noise_prediction_loss(prediction, draw.noise.to(device), weights)
 

@@ -161,6 +161,27 @@ def load_components(source: str, image_encoder: str | None = None) -> PriorCompo
     return PriorComponents(parts.unet, parts.vae, parts.image_encoder, parts.projection, dict(parts.scheduler_config))
 
 
+def adopt_autoencoder(parts: PriorComponents, source: str) -> None:
+    """Replace a new model's untrained VAE by the trained one of `source` (weights and scaling factor)."""
+    from sjc3d.errors import ConfigError
+    from sjc3d.priors import resolve_project_path
+    from sjc3d.priors.loading import load_vae
+
+    trained = load_vae(str(resolve_project_path(source)), dtype=torch.float32)
+    sizes = {k: (_plain(parts.vae.config[k]), _plain(trained.config[k]))
+             for k in ("sample_size", "block_out_channels", "latent_channels")}
+    differ = {k: v for k, v in sizes.items() if v[0] != v[1]}
+    if differ:
+        raise ConfigError(f"autoencoder.init_from={source}: its autoencoder differs from model.* "
+                          + ", ".join(f"{k} {theirs} (config: {ours})" for k, (ours, theirs) in differ.items()))
+    try:
+        parts.vae.load_state_dict(trained.state_dict())
+    except RuntimeError as error:
+        raise ConfigError(f"autoencoder.init_from={source}: its weights do not fit model.vae_* "
+                          f"({str(error).splitlines()[0]})") from None
+    parts.vae.register_to_config(scaling_factor=float(trained.config.scaling_factor))
+
+
 # ----------------------------------------------------------------------------- saving
 
 
