@@ -2,7 +2,7 @@
 
     sjc3d train-prior toy                                   # the shipped toy prior (= make prior)
     sjc3d train-prior toy data.root=/data/views_release     # on the original Objaverse renders
-    sjc3d train-prior finetune model.init_from=ashawkey/zero123-xl-diffusers data.root=...
+    sjc3d train-prior toy model.init_from=ashawkey/zero123-xl-diffusers diffusion.lr=1e-4 data.root=...
     sjc3d train-prior --resume outputs/prior/toy            # continue after an interruption
     accelerate launch --multi_gpu --num_processes 2 -m sjc3d train-prior toy   # several processes
 """
