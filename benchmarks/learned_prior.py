@@ -2,6 +2,7 @@
 
     python benchmarks/learned_prior.py                                  # both parts, 8 objects
     python benchmarks/learned_prior.py --part views --guidance 1 3 10   # novel views only
+    python benchmarks/learned_prior.py --part identity --guidance 1 10  # diagnostic: asked for the input's pose
     python benchmarks/learned_prior.py --part 3d --variant g3 prior.guidance_scale=3 \\
         --variant g100 prior.guidance_scale=100                         # an A/B: one table
 
@@ -128,6 +129,43 @@ def print_views(rows: list[dict]) -> None:
               f"true background pasted in: {-10 * math.log10(on_object):.2f} dB)")
 
 
+def identity_part(model: str, objects, guidances: list[float], seeds: int, steps: int) -> list[dict]:
+    """The model asked for the input's own pose (T = 0): PSNR of its samples against the input.
+
+    A diagnostic, not a target: a model that reads its concat input (the input view's latent,
+    pixel-aligned with this target) can return it nearly unchanged; one that leans on the image
+    embedding alone draws some object of the input's colours.
+    """
+    from sjc3d.priors.zero123 import load_zero123
+    from sjc3d.views import sample_views
+
+    prior = load_zero123(str(ROOT / model) if not Path(model).exists() else model, device="cpu")
+    source = input_c2w(INPUT_ELEVATION, INPUT_RADIUS)
+    pose = zero123_pose(source, source[None])
+    rows, embedding_norms, context_norms = [], [], []
+    for k, obj in enumerate(objects):
+        image = composite_on_white(true_view(obj, INPUT_ELEVATION, 0.0, INPUT_RADIUS, prior.image_size))
+        prior.condition(image, INPUT_ELEVATION, INPUT_RADIUS)
+        embedding_norms.append(float(prior.clip_embedding.norm()))
+        context_norms.append(float(prior.context(pose).norm()))
+        for guidance in guidances:
+            for seed in range(seeds):
+                sample = sample_views(prior, pose, steps, guidance, torch.Generator().manual_seed(1000 * k + seed))[0]
+                rows.append({"object": k, "guidance": guidance, "seed": seed, "psnr": psnr(sample.cpu(), image)})
+    # How far each pose entry can move the context: the norm of its column of the projection.
+    columns = prior.projection.weight.detach().float()[:, -4:].norm(dim=0).tolist()
+    print("projection column norms of the pose entries (Δpolar, sin Δazimuth, cos Δazimuth, Δradius): "
+          + ", ".join(f"{c:.3f}" for c in columns)
+          + f"; of the image embedding's columns together: {prior.projection.weight.detach().float()[:, :-4].norm():.2f}")
+    print(f"image embedding norm {min(embedding_norms):.3f}–{max(embedding_norms):.3f}, "
+          f"context norm at T = 0 {min(context_norms):.3f}–{max(context_norms):.3f} (per object)")
+    for guidance in guidances:
+        values = [r["psnr"] for r in rows if r["guidance"] == guidance]
+        print(f"input pose (T = 0), guidance {guidance:g}: PSNR against the input {statistics.mean(values):.2f} dB "
+              f"(per object and seed {min(values):.1f}–{max(values):.1f})")
+    return rows
+
+
 # ----------------------------------------------------------------------------- 3D
 
 
@@ -175,7 +213,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="key=value config overrides common to every 3D fit")
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--part", choices=["views", "3d", "both"], default="both")
+    parser.add_argument("--part", choices=["views", "3d", "both", "identity"], default="both",
+                        help="identity: a diagnostic, the model asked for the input's own pose")
     parser.add_argument("--objects", type=int, default=8)
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0], help="novel views: guidance scales")
     parser.add_argument("--seeds", type=int, default=2, help="novel views: samples per pose")
@@ -196,6 +235,8 @@ def main() -> int:
     if args.part in ("views", "both"):
         results["views"] = views_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps)
         print_views(results["views"])
+    if args.part == "identity":
+        results["identity"] = identity_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps)
     if args.part in ("3d", "both"):
         variants = args.variant or [["prior"], ["score-off", "sjc.weight=0"]]
         common = [f"prior.source={args.model}", *args.overrides]

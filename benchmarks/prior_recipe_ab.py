@@ -15,7 +15,8 @@ timesteps and noise at every step.  The trained model is then scored as
 objects at 6 relative poses against the true views, mean PSNR (SSIM), plus the card's held-out
 ε loss (EMA weights, unweighted) and the UNet stage's training rate (it/s over the run; time the
 variants only on an otherwise idle machine).  Run it alone on the machine (each variant of 1,500 steps
-takes ~10 min on 2 cores); runs are kept under --out.
+takes ~10 min on 2 cores); runs are kept under --out, with each variant's scores (views.json), so a
+re-run with more variants trains and scores only the new ones.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ def training_rate(metrics: Path) -> float:
     return float([r for r in records if r["stage"] == "diffusion"][-1]["it_per_s"])
 
 
+def scored_views(paths, objects, args) -> dict:
+    """Mean PSNR / SSIM of the variant's novel views, kept in its run folder (views.json) so that
+    a table re-run with more variants scores each trained model once."""
+    import learned_prior
+
+    setting = {"objects": args.objects, "guidance": args.guidance, "seeds": args.seeds}
+    record = paths.root / "views.json"
+    if record.is_file() and json.loads(record.read_text())["setting"] == setting:
+        return json.loads(record.read_text())["scores"]
+    rows = learned_prior.views_part(str(paths.model), objects, [args.guidance], args.seeds, 50)
+    mine = [r for r in rows if r["method"] != "copy-input"]
+    scores = {"psnr": statistics.mean(r["psnr"] for r in mine), "ssim": statistics.mean(r["ssim"] for r in mine)}
+    record.write_text(json.dumps({"setting": setting, "scores": scores}))
+    return scores
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE]")
@@ -77,11 +94,8 @@ def main() -> int:
         paths = PriorRunPaths(args.out / name)
         if not (paths.model / "MODEL.md").is_file():
             train_prior(cfg, paths, progress=False)
-        rows = learned_prior.views_part(str(paths.model), objects, [args.guidance], args.seeds, 50)
-        mine = [r for r in rows if r["method"] != "copy-input"]
-        results.append({"variant": name, "overrides": overrides,
-                        "psnr": statistics.mean(r["psnr"] for r in mine),
-                        "ssim": statistics.mean(r["ssim"] for r in mine),
+        scores = scored_views(paths, objects, args)
+        results.append({"variant": name, "overrides": overrides, **scores,
                         "held_out_loss": held_out_loss(paths.model / "MODEL.md"),
                         "it_per_s": training_rate(paths.metrics)})
         print(json.dumps(results[-1]), flush=True)

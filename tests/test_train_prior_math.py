@@ -32,6 +32,19 @@ def test_pairs_are_two_different_views_of_one_training_object():
     assert draw.t.min() >= 0 and draw.t.max() <= 999 and draw.noise.shape == (4000, 4, 2, 2)
 
 
+def test_same_view_pairs_come_at_their_fraction_and_leave_the_other_draws_alone():
+    views_per_object = offsets([3, 2, 5, 4])
+    objects = torch.tensor([0, 2, 3])
+    plain = dm.draw_pairs(views_per_object, objects, 4000, (4, 2, 2), 1000, torch.Generator().manual_seed(0))
+    mixed = dm.draw_pairs(views_per_object, objects, 4000, (4, 2, 2), 1000, torch.Generator().manual_seed(0),
+                          same_view_fraction=0.25)
+    same = mixed.cond == mixed.target
+    assert abs(float(same.float().mean()) - 0.25) < 0.03
+    assert torch.equal(mixed.target[~same], plain.target[~same])
+    for name in ("cond", "t", "noise", "r"):
+        assert torch.equal(getattr(mixed, name), getattr(plain, name)), name
+
+
 def test_a_step_draws_the_same_global_batch_whatever_the_slices():
     views_per_object = offsets([4] * 10)
     objects = torch.arange(10)
@@ -210,3 +223,31 @@ def test_the_shipped_autoencoder_keeps_the_colour_of_held_out_objects():
     mean_chroma, mean_error = (float((x.abs() * on_object).sum() / (3 * on_object.sum())) for x in (chroma, chroma_error))
     assert mean_chroma > 0.1  # the objects are coloured
     assert mean_error < 0.5 * mean_chroma
+
+
+def test_the_context_reaches_the_resnets_through_the_time_embedding():
+    """`model.unet_context_to_time`: with every cross-attention's value path cut, the UNet's output
+    still depends on the context (it is added to the timestep embedding); without the option it
+    does not.  The UNet keeps Zero-1-to-3's call signature."""
+    from diffusers import UNet2DConditionModel
+
+    from sjc3d.train_prior.config import ModelConfig
+    from sjc3d.train_prior.model import unet_config
+
+    def output_change(**options) -> float:
+        cfg = ModelConfig(image_size=16, vae_channels=(8, 8), unet_channels=(16, 16), unet_cross_attention=(False, True),
+                          embedding_dim=16, **options)
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**unet_config(cfg)).eval()
+        for name, module in unet.named_modules():
+            if name.endswith("attn2.to_v"):  # cross-attention can no longer carry the context
+                torch.nn.init.zeros_(module.weight)
+        x, t = torch.randn(2, 8, 8, 8), torch.tensor([10, 500])
+        context = torch.randn(2, 1, 16)
+        with torch.no_grad():
+            a = unet(x, t, encoder_hidden_states=context).sample
+            b = unet(x, t, encoder_hidden_states=-context).sample
+        return float((a - b).abs().max())
+
+    assert output_change() == 0.0
+    assert output_change(unet_context_to_time=True) > 1e-3

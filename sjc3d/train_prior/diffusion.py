@@ -57,11 +57,15 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def draw_pairs(view_offsets: Tensor, objects: Tensor, batch: int, latent_shape: tuple[int, int, int],
-               n_timesteps: int, generator: torch.Generator) -> PairBatch:
-    """Draw `batch` (cond, target) pairs of distinct views of random training objects.
+               n_timesteps: int, generator: torch.Generator, same_view_fraction: float = 0.0) -> PairBatch:
+    """Draw `batch` (cond, target) pairs of views of random training objects: two distinct views
+    of one object, but for the `same_view_fraction` of pairs that are one view twice.
 
     view_offsets: [n_objects + 1] long, object k owns views view_offsets[k] : view_offsets[k + 1].
     objects: [m] long, the objects to draw from (the training split).
+    same_view_fraction: the share of pairs (on average) whose target is the conditioning view
+        itself (T = 0); the original draws none.  Its draw comes last, so the other draws of a
+        step do not depend on it.
     """
     obj = objects[torch.randint(len(objects), (batch,), generator=generator)]
     first, count = view_offsets[obj], view_offsets[obj + 1] - view_offsets[obj]
@@ -72,6 +76,8 @@ def draw_pairs(view_offsets: Tensor, objects: Tensor, batch: int, latent_shape: 
     t = torch.randint(n_timesteps, (batch,), generator=generator)
     noise = torch.randn((batch, *latent_shape), generator=generator)
     r = torch.rand(batch, generator=generator)
+    if same_view_fraction > 0:
+        b = torch.where(torch.rand(batch, generator=generator) < same_view_fraction, a, b)
     return PairBatch(first + a, first + b, t, noise, r)
 
 

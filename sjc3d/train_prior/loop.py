@@ -319,7 +319,8 @@ class PriorTrainer:
         for step in range(start + 1, cfg.steps + 1):
             set_learning_rate(optimizer, cfg.lr * dm.learning_rate_scale(step - 1, cfg.warmup))
             draw = dm.draw_pairs(self.views.offsets, self.train_objects, cfg.batch, tuple(self.latents.shape[1:]),
-                                 len(alphas), dm.step_generator(self.cfg.run.seed, step)).slice(lo, hi)
+                                 len(alphas), dm.step_generator(self.cfg.run.seed, step),
+                                 cfg.same_view_fraction).slice(lo, hi)
             loss = self._denoising_loss(denoiser, draw, alphas, scale, cfg.snr_gamma, cfg.autocast)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)

@@ -77,7 +77,23 @@ def unet_config(cfg: ModelConfig) -> dict:
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=cfg.unet_layers,
         cross_attention_dim=cfg.embedding_dim, attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=norm_groups(cfg.unet_channels, cfg.unet_channels_per_group),
+        **context_in_time_embedding(cfg),
     )
+
+
+def context_in_time_embedding(cfg: ModelConfig) -> dict:
+    """UNet options that also feed the context to every ResNet block through the timestep embedding.
+
+    A single-token cross-attention only shifts the features of the levels that have it (the
+    toy: the lowest, 4²), so the pose reaches the 16² and 8² features only through upsampling.
+    diffusers' `addition_embed_type="text"` pools the context (`TextTimeEmbedding`) and adds it
+    to the timestep embedding, which every ResNet block adds to its features.  The UNet is still
+    called as Zero-1-to-3's is, `unet(x, t, encoder_hidden_states=context)`: no loader or prior
+    changes.
+    """
+    if not cfg.unet_context_to_time:
+        return {}
+    return dict(addition_embed_type="text", addition_embed_type_num_heads=cfg.embedding_dim // cfg.attention_head_dim)
 
 
 def norm_groups(channels: tuple[int, ...], per_group: int) -> int:
