@@ -57,6 +57,13 @@ def held_out_objects(n: int, seed: int = 0):
     return [procedural_object(spec, k) for k in range(n)]
 
 
+def load_prior(model: str):
+    """The model to score: a folder relative to the repository or the working directory, or a hub id."""
+    from sjc3d.priors.zero123 import load_zero123
+
+    return load_zero123(str(ROOT / model) if not Path(model).exists() else model, device="cpu")
+
+
 def true_view(obj, elevation: float, azimuth: float, radius: float, size: int) -> torch.Tensor:
     """RGBA [size, size, 4] of the object seen from a spherical camera (the training renderer)."""
     c2w = spherical_to_c2w(torch.tensor([elevation]), torch.tensor([azimuth]), torch.tensor([radius]))
@@ -75,10 +82,9 @@ def error_split(image: torch.Tensor, truth: torch.Tensor, on_object: torch.Tenso
 
 
 def views_part(model: str, objects, guidances: list[float], seeds: int, steps: int) -> list[dict]:
-    from sjc3d.priors.zero123 import load_zero123
     from sjc3d.views import sample_views
 
-    prior = load_zero123(str(ROOT / model) if not Path(model).exists() else model, device="cpu")
+    prior = load_prior(model)
     size = prior.image_size
     source = input_c2w(INPUT_ELEVATION, INPUT_RADIUS)
     targets = spherical_to_c2w(torch.tensor([INPUT_ELEVATION + e for _, e in TARGETS]),
@@ -136,10 +142,9 @@ def identity_part(model: str, objects, guidances: list[float], seeds: int, steps
     pixel-aligned with this target) can return it nearly unchanged; one that leans on the image
     embedding alone draws some object of the input's colours.
     """
-    from sjc3d.priors.zero123 import load_zero123
     from sjc3d.views import sample_views
 
-    prior = load_zero123(str(ROOT / model) if not Path(model).exists() else model, device="cpu")
+    prior = load_prior(model)
     source = input_c2w(INPUT_ELEVATION, INPUT_RADIUS)
     pose = zero123_pose(source, source[None])
     rows, embedding_norms, context_norms = [], [], []
@@ -153,10 +158,10 @@ def identity_part(model: str, objects, guidances: list[float], seeds: int, steps
                 sample = sample_views(prior, pose, steps, guidance, torch.Generator().manual_seed(1000 * k + seed))[0]
                 rows.append({"object": k, "guidance": guidance, "seed": seed, "psnr": psnr(sample.cpu(), image)})
     # How far each pose entry can move the context: the norm of its column of the projection.
-    columns = prior.projection.weight.detach().float()[:, -4:].norm(dim=0).tolist()
+    weight = prior.projection.weight.detach().float()  # [D, D + 4]: embedding columns, then T's
     print("projection column norms of the pose entries (Δpolar, sin Δazimuth, cos Δazimuth, Δradius): "
-          + ", ".join(f"{c:.3f}" for c in columns)
-          + f"; of the image embedding's columns together: {prior.projection.weight.detach().float()[:, :-4].norm():.2f}")
+          + ", ".join(f"{c:.3f}" for c in weight[:, -4:].norm(dim=0).tolist())
+          + f"; of the image embedding's columns together: {weight[:, :-4].norm():.2f}")
     print(f"image embedding norm {min(embedding_norms):.3f}–{max(embedding_norms):.3f}, "
           f"context norm at T = 0 {min(context_norms):.3f}–{max(context_norms):.3f} (per object)")
     for guidance in guidances:

@@ -55,10 +55,14 @@ def scored_views(paths, objects, args) -> dict:
     a table re-run with more variants scores each trained model once."""
     import learned_prior
 
-    setting = {"objects": args.objects, "guidance": args.guidance, "seeds": args.seeds}
+    # The setting names the trained weights too, so a variant trained again is scored again.
+    weights = paths.model / "unet" / "diffusion_pytorch_model.safetensors"
+    setting = {"objects": args.objects, "guidance": args.guidance, "seeds": args.seeds,
+               "unet_mtime_ns": weights.stat().st_mtime_ns}
     record = paths.root / "views.json"
-    if record.is_file() and json.loads(record.read_text())["setting"] == setting:
-        return json.loads(record.read_text())["scores"]
+    kept = json.loads(record.read_text()) if record.is_file() else None
+    if kept is not None and kept["setting"] == setting:
+        return kept["scores"]
     rows = learned_prior.views_part(str(paths.model), objects, [args.guidance], args.seeds, 50)
     mine = [r for r in rows if r["method"] != "copy-input"]
     scores = {"psnr": statistics.mean(r["psnr"] for r in mine), "ssim": statistics.mean(r["ssim"] for r in mine)}
