@@ -147,7 +147,8 @@ def test_a_trained_autoencoder_replaces_stage_one(trained: PriorRunPaths, tiny_v
 
     from sjc3d.errors import ConfigError
 
-    cfg, paths = tiny_config(tiny_views, tmp_path / "run", "diffusion.steps=2", f"autoencoder.init_from={trained.model}")
+    cfg, paths = tiny_config(tiny_views, tmp_path / "run", "diffusion.steps=2", f"autoencoder.init_from={trained.model}",
+                             "diffusion.same_view_fraction=0")
     train_prior(cfg, paths, progress=False)
     stages = {json.loads(line)["stage"] for line in paths.metrics.read_text().splitlines()}
     assert stages == {"diffusion"}
@@ -157,6 +158,9 @@ def test_a_trained_autoencoder_replaces_stage_one(trained: PriorRunPaths, tiny_v
     config = lambda folder: json.loads((folder / "vae" / "config.json").read_text())  # noqa: E731
     assert config(paths.model)["scaling_factor"] == config(trained.model)["scaling_factor"]
     assert f"taken from `{trained.model}`" in (paths.model / "MODEL.md").read_text()
+    # The card records the pairs: toy.yaml's same-view pairs, and none when they are off.
+    assert "50% of the pairs one view twice" in (trained.model / "MODEL.md").read_text()
+    assert "one view twice" not in (paths.model / "MODEL.md").read_text()
 
     cfg, paths = tiny_config(tiny_views, tmp_path / "other", f"autoencoder.init_from={trained.model}",
                              "model.vae_channels=[8, 16]")

@@ -37,6 +37,8 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
     size = int(parts.vae.config.sample_size)
     gamma = cfg.diffusion.snr_gamma
     objective = f"Min-SNR-{gamma:g} weighting" if gamma > 0 else "unweighted ε loss"
+    if cfg.diffusion.same_view_fraction > 0:
+        objective += f", {cfg.diffusion.same_view_fraction:.0%} of the pairs one view twice (T = 0)"
     if cfg.autoencoder.init_from:
         autoencoder_line = f"- Autoencoder: taken from `{cfg.autoencoder.init_from}` (not trained in this run)."
     else:
