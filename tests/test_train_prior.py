@@ -61,7 +61,7 @@ def test_the_trained_folder_loads_as_a_zero123_model(trained: PriorRunPaths):
     scale = float(prior.vae.config.scaling_factor)
     assert 0 < scale and scale != 1.0  # measured from the trained encoder, not left at its placeholder
     card = (trained.model / "MODEL.md").read_text()
-    assert "held-out loss" in card and "make prior" in card
+    assert "held-out loss" in card and "make prior" in card and "mean of each eighth of the run" in card
     stages = [json.loads(line) for line in trained.metrics.read_text().splitlines()]
     assert [r["step"] for r in stages if r["stage"] == "autoencoder"] == [1, 2, 3, 4]
     assert [r["step"] for r in stages if r["stage"] == "diffusion"] == [1, 2, 3, 4, 5, 6]
@@ -140,6 +140,23 @@ def test_bf16_autocast_runs_the_denoiser_in_bf16(trained: PriorRunPaths, tiny_vi
     assert dm_bf16 != dm_fp32 and dm_bf16 == pytest.approx(dm_fp32, rel=0.05)
     assert "diffusion bf16 autocast" in (paths.model / "MODEL.md").read_text()
     assert "autoencoder float32, diffusion float32" in (trained.model / "MODEL.md").read_text()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_learning_rate_follows_its_schedule(trained: PriorRunPaths, tiny_views, tmp_path, schedule):
+    """The logged rate of each step: warm-up over 2 steps, then flat, or down to zero at the last step."""
+    cfg, paths = tiny_config(tiny_views, tmp_path / "run", f"autoencoder.init_from={trained.model}",
+                             f"diffusion.lr_schedule={schedule}")
+    train_prior(cfg, paths, progress=False)
+    records = [json.loads(line) for line in paths.metrics.read_text().splitlines()]
+    rates = [r["lr"] for r in records if r["stage"] == "diffusion"]
+    peak = cfg.diffusion.lr
+    assert len(rates) == cfg.diffusion.steps == 6 and rates[:2] == pytest.approx([peak / 2, peak])
+    if schedule == "constant":
+        assert rates[2:] == pytest.approx([peak] * 4)
+    else:
+        assert rates[-1] == 0.0 and all(a > b for a, b in zip(rates[2:], rates[3:]))
+    assert f"then {schedule}" in (paths.model / "MODEL.md").read_text()
 
 
 def test_a_trained_autoencoder_replaces_stage_one(trained: PriorRunPaths, tiny_views, tmp_path):

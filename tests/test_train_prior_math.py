@@ -145,6 +145,38 @@ def test_ema_warms_up_and_then_averages():
     assert dm.learning_rate_scale(0, 100) == pytest.approx(0.01) and dm.learning_rate_scale(500, 100) == 1.0
 
 
+def test_the_cosine_schedule_warms_up_halves_midway_and_ends_at_zero():
+    total, warmup = 1000, 100
+    scale = [dm.learning_rate_scale(step, warmup, "cosine", total) for step in range(total)]
+    assert scale[0] == pytest.approx(0.01) and scale[warmup - 1] == pytest.approx(1.0)  # the same warm-up
+    assert scale[warmup] == pytest.approx(1.0)  # decay starts from the peak
+    assert scale[(warmup + total - 1) // 2] == pytest.approx(0.5, abs=2e-3)  # half-way down midway
+    assert scale[-1] == pytest.approx(0.0, abs=1e-12)  # the last step's rate is zero
+    assert all(a >= b for a, b in zip(scale[warmup:], scale[warmup + 1:]))  # and it only decreases
+    assert dm.learning_rate_scale(999, warmup, "constant", total) == 1.0
+
+
+def test_the_loss_profile_shows_a_spike_the_final_loss_hides(tmp_path):
+    """800 logged steps at 0.03 but for a collapse to 1.0 over steps 601–650: the seventh eighth's
+    mean rises, the highest loss names its step, and the warm-up's own high losses are left out."""
+    import json
+
+    from sjc3d.train_prior.card import diffusion_loss_profile
+
+    def loss(step: int) -> float:
+        return 5.0 if step <= 10 else (1.0 if 600 < step <= 650 else 0.03)
+
+    lines = [json.dumps({"stage": "autoencoder", "step": s, "l1": 0.5}) for s in range(1, 5)]
+    lines += [json.dumps({"stage": "diffusion", "step": s, "loss": loss(s) + s * 1e-6}) for s in range(1, 801)]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(lines) + "\n")
+    means, highest, at_step = diffusion_loss_profile(metrics, warmup=10)
+    assert len(means) == 8
+    assert means[6] == pytest.approx((50 * 1.0 + 50 * 0.03) / 100, abs=1e-3)
+    assert means[7] == pytest.approx(0.03, abs=1e-3) and means[5] == pytest.approx(0.03, abs=1e-3)
+    assert (round(highest, 3), at_step) == (1.001, 650)
+
+
 def test_object_crops_stay_on_the_object_and_scaling_gives_unit_variance():
     images = torch.ones(4, 3, 32, 32)
     images[:, :, 20:24, 4:8] = -1.0  # a small dark object in the lower left

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Optional
 
 from sjc3d.atomic import atomic_write_text
 from sjc3d.config import config_to_dict
@@ -20,8 +22,30 @@ def _arithmetic(autocast: str) -> str:
     return "float32" if autocast == "float32" else f"{autocast} autocast (float32 weights)"
 
 
-def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs: dict, validation_loss: float) -> Path:
-    """Write <folder>/MODEL.md from the run's configuration, data and stage logs."""
+def diffusion_loss_profile(metrics: Path, warmup: int, stretches: int = 8) -> tuple[list[float], float, int]:
+    """The diffusion stage's logged training loss: its mean over `stretches` equal runs of steps,
+    first to last, and its highest value after the warm-up with that step.
+
+    Why the card shows it: a run that diverges and recovers ends at a normal loss, while its EMA
+    weights still hold the collapse (the constant-rate toy run with same-view pairs did, README
+    "Learning-rate decay"); the profile shows the spike.  metrics: metrics.jsonl ({"stage", "step", "loss"} lines).
+    """
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    losses = [(r["step"], r["loss"]) for r in records if r.get("stage") == "diffusion" and "loss" in r]
+    last = max(step for step, _ in losses)
+    means = []
+    for k in range(stretches):
+        chunk = [loss for step, loss in losses if k * last / stretches < step <= (k + 1) * last / stretches]
+        if chunk:
+            means.append(sum(chunk) / len(chunk))
+    after_warmup = [(loss, step) for step, loss in losses if step > warmup] or [(loss, step) for step, loss in losses]
+    highest, at_step = max(after_warmup)
+    return means, highest, at_step
+
+
+def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs: dict, validation_loss: float,
+                     metrics: Optional[Path] = None) -> Path:
+    """Write <folder>/MODEL.md from the run's configuration, data, stage logs and (when given) metrics.jsonl."""
     from sjc3d.train_prior.model import load_components_quietly
 
     parts = load_components_quietly(folder)
@@ -70,11 +94,13 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
         "## Training",
         autoencoder_line,
         f"- Diffusion: {dm_log.steps} steps, global batch {cfg.diffusion.batch}, AdamW lr {cfg.diffusion.lr:g} "
-        f"(warm-up {cfg.diffusion.warmup}), EMA {cfg.diffusion.ema_decay}, classifier-free dropout "
+        f"(warm-up {cfg.diffusion.warmup}, then {cfg.diffusion.lr_schedule}), EMA {cfg.diffusion.ema_decay}, "
+        f"classifier-free dropout "
         f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}), {objective}; "
         f"final training loss{' (weighted)' if gamma > 0 else ''} "
         f"{dm_log.final_loss:.4f}, held-out loss (EMA, {len(val_objects)} objects) {validation_loss:.4f}, "
         f"{dm_log.wall_time / 60:.1f} min.",
+        *_loss_profile_lines(metrics, cfg.diffusion.warmup),
         f"- Arithmetic: autoencoder {_arithmetic(cfg.autoencoder.autocast)}, "
         f"diffusion {_arithmetic(cfg.diffusion.autocast)}.",
         f"- Total wall time {wall_time / 60:.1f} min (of which data, caching and export "
@@ -94,6 +120,14 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
     path = folder / "MODEL.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _loss_profile_lines(metrics: Optional[Path], warmup: int) -> list[str]:
+    if metrics is None or not metrics.is_file():
+        return []
+    means, highest, at_step = diffusion_loss_profile(metrics, warmup)
+    return [f"- Diffusion training loss, mean of each eighth of the run: {', '.join(f'{m:.4f}' for m in means)}; "
+            f"highest logged after warm-up {highest:.4f} (step {at_step})."]
 
 
 def _yaml(data: dict) -> list[str]:

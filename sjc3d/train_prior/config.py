@@ -97,7 +97,10 @@ class DiffusionConfig:
     steps: int = 5000
     batch: int = 32  # global batch, split evenly across processes
     lr: float = 3e-4
-    warmup: int = 100  # linear learning-rate warm-up steps, then constant (as the original)
+    warmup: int = 100  # linear learning-rate warm-up steps, then `lr_schedule`
+    # "constant" (the original) or "cosine" down to 0 at the last step (diffusion.learning_rate_scale);
+    # configs/prior/toy.yaml sets cosine (README, "Learning-rate decay").
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     ema_decay: float = 0.999

@@ -317,7 +317,8 @@ class PriorTrainer:
         t0, recent = time.perf_counter(), []
         session_start = t0  # rates over this session (t0 restarts at each checkpoint for the wall-time record)
         for step in range(start + 1, cfg.steps + 1):
-            set_learning_rate(optimizer, cfg.lr * dm.learning_rate_scale(step - 1, cfg.warmup))
+            lr_scale = dm.learning_rate_scale(step - 1, cfg.warmup, cfg.lr_schedule, cfg.steps)
+            set_learning_rate(optimizer, cfg.lr * lr_scale)
             draw = dm.draw_pairs(self.views.offsets, self.train_objects, cfg.batch, tuple(self.latents.shape[1:]),
                                  len(alphas), dm.step_generator(self.cfg.run.seed, step),
                                  cfg.same_view_fraction).slice(lo, hi)
@@ -406,7 +407,7 @@ class PriorTrainer:
         dtype = getattr(torch, self.cfg.run.weights_dtype)
         folder = save_components(self.ema_components(), self.paths.model, dtype)
         write_model_card(folder, self.cfg, self.views, self.train_objects, self.val_objects, self.logs,
-                         self.validation_loss())
+                         self.validation_loss(), self.paths.metrics)
         return folder
 
     def _stop_requested(self) -> bool:
