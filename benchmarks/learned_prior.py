@@ -13,7 +13,8 @@ its true render at the fit's input camera (elevation 0°, azimuth 0°, radius 2)
 Novel views.  The model is conditioned on the true input view (the render itself, at the
 model's image size, as the training views were framed) and sampled with DDIM at 6 relative
 poses; PSNR and SSIM against the true views, each averaged over objects, poses and seeds, and
-the squared error split into the true object's pixels and the background's, pooled.
+the squared error split into the true object's pixels and the background's, pooled, and the
+SSIM split into the windows that see only the true background and those that see the object.
 Baseline: "copy the input", the input view returned unchanged for every pose.
 
 3D.  `fit` + export with the preset (default `learned-cpu`) for each variant — by default the
@@ -34,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +45,7 @@ from sjc3d.cameras import input_c2w, spherical_to_c2w, zero123_pose  # noqa: E40
 from sjc3d.config import load_config  # noqa: E402
 from sjc3d.datasets.make_views import ViewsSpec, procedural_object  # noqa: E402
 from sjc3d.datasets.raytrace import composite_on_white, render_views  # noqa: E402
-from sjc3d.metrics import evaluate_meshes, psnr, ssim  # noqa: E402
+from sjc3d.metrics import evaluate_meshes, psnr, ssim_map, ssim_radius  # noqa: E402
 
 DEFAULT_MODEL = "assets/zero123-toy"
 INPUT_ELEVATION, INPUT_RADIUS = 0.0, 2.0
@@ -81,6 +83,20 @@ def error_split(image: torch.Tensor, truth: torch.Tensor, on_object: torch.Tenso
             "se_background": float(error[~on_object].sum() / error.numel())}
 
 
+def ssim_split(image: torch.Tensor, truth: torch.Tensor, touched: torch.Tensor) -> dict:
+    """The image's SSIM against the truth ([H, W, 3] each), split by window: the mean over windows
+    that see only background (no pixel of `touched` [H, W] bool, the truth's non-zero alpha, in
+    their 11 × 11 footprint: flat white in the truth) and over the windows that see the object.
+    Speckle on a flat background costs SSIM out of proportion to its squared error."""
+    from scipy.ndimage import binary_dilation
+
+    r = ssim_radius()
+    index = ssim_map(image, truth)
+    near = binary_dilation(touched.numpy(), structure=np.ones((2 * r + 1, 2 * r + 1), bool))[r:-r, r:-r]
+    return {"ssim": float(index.mean()), "ssim_background": float(index[~near].mean()) if (~near).any() else math.nan,
+            "ssim_object": float(index[near].mean()) if near.any() else math.nan}
+
+
 def views_part(model: str, objects, guidances: list[float], seeds: int, steps: int) -> list[dict]:
     from sjc3d.views import sample_views
 
@@ -95,10 +111,11 @@ def views_part(model: str, objects, guidances: list[float], seeds: int, steps: i
         image = composite_on_white(true_view(obj, INPUT_ELEVATION, 0.0, INPUT_RADIUS, size))
         truth_rgba = render_views(obj, targets, size)
         truth, on_object = composite_on_white(truth_rgba), truth_rgba[..., 3] > 0.5
+        touched = truth_rgba[..., 3] > 0
         prior.condition(image, INPUT_ELEVATION, INPUT_RADIUS)
 
         def scores(view: torch.Tensor, j: int) -> dict:
-            return {"psnr": psnr(view, truth[j]), "ssim": ssim(view, truth[j]),
+            return {"psnr": psnr(view, truth[j]), **ssim_split(view, truth[j], touched[j]),
                     **error_split(view, truth[j], on_object[j])}
 
         for j in range(len(TARGETS)):
@@ -133,6 +150,17 @@ def print_views(rows: list[dict]) -> None:
         background = statistics.mean(r["se_background"] for r in mine)
         print(f"{method:<14}{on_object:8.4f} + {background:.4f}   ({-10 * math.log10(on_object + background):.2f} dB; "
               f"true background pasted in: {-10 * math.log10(on_object):.2f} dB)")
+    print("\nSSIM, mean over the windows that see only the true background | over those that see the object")
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if "ssim_background" in mine[0]:
+            print(f"{method:<14}{nan_mean(r['ssim_background'] for r in mine):8.3f} | {nan_mean(r['ssim_object'] for r in mine):.3f}")
+
+
+def nan_mean(values) -> float:
+    """Mean of the values that are not NaN (a view whose object fills every window has no background)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.mean(kept) if kept else math.nan
 
 
 def identity_part(model: str, objects, guidances: list[float], seeds: int, steps: int) -> list[dict]:

@@ -246,8 +246,10 @@ def psnr(a, b, max_value: float = 1.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(max_value**2 / mse)
 
 
-def ssim(a, b, max_value: float = 1.0, sigma: float = 1.5) -> float:
-    """Structural similarity (Wang et al. 2004) of two images [H, W, C], mean over pixels and channels.
+def ssim_map(a, b, max_value: float = 1.0, sigma: float = 1.5) -> np.ndarray:
+    """Structural similarity (Wang et al. 2004) per window of two images [H, W, C]: [H − 2r, W − 2r],
+    the mean over channels of the index of the Gaussian window centred on each pixel far enough from
+    the border (r = 5 for σ = 1.5).
 
     The standard form: Gaussian window σ = 1.5 (truncated at 3.5σ, 11 taps), K1 = 0.01, K2 = 0.03,
     statistics per channel, 'valid' borders (no padding).
@@ -259,7 +261,7 @@ def ssim(a, b, max_value: float = 1.0, sigma: float = 1.5) -> float:
     if a.shape != b.shape:
         raise ValueError(f"ssim of images of different shapes {a.shape} and {b.shape}")
     c1, c2 = (0.01 * max_value) ** 2, (0.03 * max_value) ** 2
-    radius = int(3.5 * sigma + 0.5)
+    radius = ssim_radius(sigma)
 
     def blur(x: np.ndarray) -> np.ndarray:
         return gaussian_filter(x, sigma=(sigma, sigma, 0), truncate=3.5)[radius:-radius, radius:-radius]
@@ -268,7 +270,17 @@ def ssim(a, b, max_value: float = 1.0, sigma: float = 1.5) -> float:
     var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(index.mean())
+    return index.mean(-1)
+
+
+def ssim_radius(sigma: float = 1.5) -> int:
+    """Half-width of the SSIM window (its Gaussian truncated at 3.5σ): the border `ssim_map` drops."""
+    return int(3.5 * sigma + 0.5)
+
+
+def ssim(a, b, max_value: float = 1.0, sigma: float = 1.5) -> float:
+    """Structural similarity of two images [H, W, C], mean over windows and channels (`ssim_map`)."""
+    return float(ssim_map(a, b, max_value, sigma).mean())
 
 
 # --------------------------------------------------------------------------- evaluation
