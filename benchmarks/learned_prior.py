@@ -84,10 +84,11 @@ def error_split(image: torch.Tensor, truth: torch.Tensor, on_object: torch.Tenso
 
 
 def ssim_split(image: torch.Tensor, truth: torch.Tensor, touched: torch.Tensor) -> dict:
-    """The image's SSIM against the truth ([H, W, 3] each), split by window: the mean over windows
-    that see only background (no pixel of `touched` [H, W] bool, the truth's non-zero alpha, in
-    their 11 × 11 footprint: flat white in the truth) and over the windows that see the object.
-    Speckle on a flat background costs SSIM out of proportion to its squared error."""
+    """The image's SSIM against the truth ([H, W, 3] each) and its split by window: "ssim" the mean
+    over all windows, "ssim_background" over the windows that see only background (no pixel of
+    `touched` [H, W] bool, the truth's non-zero alpha, in their 11 × 11 footprint: flat white in
+    the truth; NaN if none), "ssim_object" over the rest.  Why split: speckle on a flat background
+    costs SSIM out of proportion to its squared error, a wrong shape costs it near the object."""
     from scipy.ndimage import binary_dilation
 
     r = ssim_radius()
