@@ -175,6 +175,9 @@ def test_the_loss_profile_shows_a_spike_the_final_loss_hides(tmp_path):
     assert means[6] == pytest.approx((50 * 1.0 + 50 * 0.03) / 100, abs=1e-3)
     assert means[7] == pytest.approx(0.03, abs=1e-3) and means[5] == pytest.approx(0.03, abs=1e-3)
     assert (round(highest, 3), at_step) == (1.001, 650)
+    # A run without a diffusion step (diffusion.steps=0) has no profile, rather than a crash at export.
+    metrics.write_text("\n".join(lines[:4]) + "\n")
+    assert diffusion_loss_profile(metrics, warmup=10) is None
 
 
 def test_object_crops_stay_on_the_object_and_scaling_gives_unit_variance():

@@ -22,9 +22,10 @@ def _arithmetic(autocast: str) -> str:
     return "float32" if autocast == "float32" else f"{autocast} autocast (float32 weights)"
 
 
-def diffusion_loss_profile(metrics: Path, warmup: int, stretches: int = 8) -> tuple[list[float], float, int]:
+def diffusion_loss_profile(metrics: Path, warmup: int, stretches: int = 8) -> Optional[tuple[list[float], float, int]]:
     """The diffusion stage's logged training loss: its mean over `stretches` equal runs of steps,
-    first to last, and its highest value after the warm-up with that step.
+    first to last, and its highest value after the warm-up with that step; None if the log holds
+    no diffusion step (e.g. `diffusion.steps=0`).
 
     Why the card shows it: a run that diverges and recovers ends at a normal loss, while its EMA
     weights still hold the collapse (the constant-rate toy run with same-view pairs did, README
@@ -32,6 +33,8 @@ def diffusion_loss_profile(metrics: Path, warmup: int, stretches: int = 8) -> tu
     """
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     losses = [(r["step"], r["loss"]) for r in records if r.get("stage") == "diffusion" and "loss" in r]
+    if not losses:
+        return None
     last = max(step for step, _ in losses)
     means = []
     for k in range(stretches):
@@ -125,7 +128,10 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
 def _loss_profile_lines(metrics: Optional[Path], warmup: int) -> list[str]:
     if metrics is None or not metrics.is_file():
         return []
-    means, highest, at_step = diffusion_loss_profile(metrics, warmup)
+    profile = diffusion_loss_profile(metrics, warmup)
+    if profile is None:
+        return []
+    means, highest, at_step = profile
     return [f"- Diffusion training loss, mean of each eighth of the run: {', '.join(f'{m:.4f}' for m in means)}; "
             f"highest logged after warm-up {highest:.4f} (step {at_step})."]
 
