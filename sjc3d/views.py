@@ -56,12 +56,14 @@ def target_poses(azimuths: list[float], input_elevation: float, elevation_delta:
 
 
 @torch.no_grad()
-def sample_views(prior, poses: Tensor, steps: int, guidance: float, generator: torch.Generator, progress=None) -> Tensor:
-    """DDIM (η = 0) samples of the conditioned prior for each pose: images [N, H, W, 3] in [0, 1].
+def sample_views(prior, poses: Tensor, steps: int, guidance: float, generator: torch.Generator, progress=None,
+                 eta: float = 0.0) -> Tensor:
+    """DDIM samples of the conditioned prior for each pose: images [N, H, W, 3] in [0, 1].
 
     All views are denoised together: one UNet call of batch 2N per step (N when guidance is 1).
-    The initial noise is drawn on the CPU from `generator`, so a seed gives the same views on
-    any device.
+    The noise is drawn on the CPU from `generator`, so a seed gives the same views on any device.
+    eta: DDIM's η, the share of the posterior's noise put back at each step: 0 is deterministic
+        DDIM (Zero-1-to-3's sampler), 1 the DDPM ancestral step.
     """
     from diffusers import DDIMScheduler
 
@@ -73,7 +75,7 @@ def sample_views(prior, poses: Tensor, steps: int, guidance: float, generator: t
     latents = latents.to(prior.device)
     for t in scheduler.timesteps:
         eps = prior.predict_noise(latents, t.reshape(1).expand(n), poses, guidance)
-        latents = scheduler.step(eps, t, latents, eta=0.0).prev_sample
+        latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
         if progress is not None:
             progress()
     return prior.decode(latents)

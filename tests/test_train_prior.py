@@ -144,9 +144,11 @@ def test_bf16_autocast_runs_the_denoiser_in_bf16(trained: PriorRunPaths, tiny_vi
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_the_learning_rate_follows_its_schedule(trained: PriorRunPaths, tiny_views, tmp_path, schedule):
-    """The logged rate of each step: warm-up over 2 steps, then flat, or down to zero at the last step."""
+    """The logged rate of each step: warm-up over 2 steps, then flat, or down to zero at the last step;
+    the card names the schedule and AdamW's β2."""
+    beta2 = 0.99 if schedule == "cosine" else 0.999
     cfg, paths = tiny_config(tiny_views, tmp_path / "run", f"autoencoder.init_from={trained.model}",
-                             f"diffusion.lr_schedule={schedule}")
+                             f"diffusion.lr_schedule={schedule}", f"diffusion.adam_beta2={beta2}")
     train_prior(cfg, paths, progress=False)
     records = [json.loads(line) for line in paths.metrics.read_text().splitlines()]
     rates = [r["lr"] for r in records if r["stage"] == "diffusion"]
@@ -156,7 +158,7 @@ def test_the_learning_rate_follows_its_schedule(trained: PriorRunPaths, tiny_vie
         assert rates[2:] == pytest.approx([peak] * 4)
     else:
         assert rates[-1] == 0.0 and all(a > b for a, b in zip(rates[2:], rates[3:]))
-    assert f"then {schedule}" in (paths.model / "MODEL.md").read_text()
+    assert f"(β2 {beta2:g}, warm-up 2, then {schedule})" in (paths.model / "MODEL.md").read_text()
 
 
 def test_a_trained_autoencoder_replaces_stage_one(trained: PriorRunPaths, tiny_views, tmp_path):

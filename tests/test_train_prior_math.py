@@ -145,6 +145,19 @@ def test_ema_warms_up_and_then_averages():
     assert dm.learning_rate_scale(0, 100) == pytest.approx(0.01) and dm.learning_rate_scale(500, 100) == 1.0
 
 
+def test_adamw_takes_the_configured_beta2_and_the_config_rejects_one_outside_0_1():
+    from sjc3d.errors import ConfigError
+    from sjc3d.train_prior.config import load_training_config
+    from sjc3d.train_prior.loop import adamw
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    assert adamw([weight], 1e-3, 0.0, torch.device("cpu")).defaults["betas"] == (0.9, 0.999)
+    assert adamw([weight], 1e-3, 0.0, torch.device("cpu"), beta2=0.99).defaults["betas"] == (0.9, 0.99)
+    assert load_training_config("toy", ["diffusion.adam_beta2=0.99"]).diffusion.adam_beta2 == 0.99
+    with pytest.raises(ConfigError, match="diffusion.adam_beta2"):
+        load_training_config("toy", ["diffusion.adam_beta2=1"])
+
+
 def test_the_cosine_schedule_warms_up_halves_midway_and_ends_at_zero():
     total, warmup = 1000, 100
     scale = [dm.learning_rate_scale(step, warmup, "cosine", total) for step in range(total)]
@@ -230,20 +243,22 @@ def test_the_toy_config_builds_the_shipped_architecture():
 
 def test_the_toy_config_trains_the_shipped_recipe():
     """`make prior` must train the shipped model's recipe: the data and diffusion settings recorded
-    in the shipped card's configuration block are those of configs/prior/toy.yaml."""
+    in the shipped card's configuration block are those of configs/prior/toy.yaml.  A key the card
+    lacks was added to the library after the model was trained, which then ran at its default."""
     from pathlib import Path
 
     import yaml
 
     from sjc3d.config import config_to_dict
-    from sjc3d.train_prior.config import load_training_config
+    from sjc3d.train_prior.config import PriorTrainingConfig, load_training_config
 
     card = Path(__file__).resolve().parent.parent / "assets" / "zero123-toy" / "MODEL.md"
     if not card.is_file():
         pytest.skip("assets/zero123-toy is not in this checkout")
     recorded = yaml.safe_load(card.read_text().split("## Configuration\n```yaml\n")[1].split("```")[0])
     toy = config_to_dict(load_training_config("toy"))
-    assert recorded["diffusion"] == toy["diffusion"]
+    defaults = config_to_dict(PriorTrainingConfig())["diffusion"]
+    assert {**defaults, **recorded["diffusion"]} == toy["diffusion"]
     assert {k: v for k, v in recorded["data"].items() if k != "root"} == {
         k: v for k, v in toy["data"].items() if k != "root"}
 

@@ -81,6 +81,24 @@ def test_views_end_to_end_is_deterministic(object_png, tiny_zero123, tmp_path):
     assert not np.array_equal(view, view_c)
 
 
+def test_eta_puts_seeded_noise_back_and_zero_is_plain_ddim(tiny_zero123_prior):
+    from sjc3d.views import sample_views
+
+    prior = tiny_zero123_prior
+    prior.condition(torch.full((64, 64, 3), 0.5), 0.0, 2.0)
+    poses = target_poses([30.0, 90.0], 0.0, 0.0, 2.0, 0.0)
+
+    def sample(eta: float, seed: int = 3) -> torch.Tensor:
+        return sample_views(prior, poses, 4, 3.0, torch.Generator().manual_seed(seed), eta=eta)
+
+    ddim = sample(0.0)
+    assert torch.equal(ddim, sample_views(prior, poses, 4, 3.0, torch.Generator().manual_seed(3)))  # the default
+    ancestral = sample(1.0)
+    assert torch.equal(ancestral, sample(1.0))  # the step noise comes from the seeded generator
+    assert not torch.allclose(ancestral, ddim, atol=1e-3)
+    assert not torch.allclose(ancestral, sample(1.0, seed=4), atol=1e-3)
+
+
 def test_views_cli_runs_on_a_tiny_model(object_png, tiny_zero123, tmp_path):
     from typer.testing import CliRunner
 

@@ -97,7 +97,8 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
         "## Training",
         autoencoder_line,
         f"- Diffusion: {dm_log.steps} steps, global batch {cfg.diffusion.batch}, AdamW lr {cfg.diffusion.lr:g} "
-        f"(warm-up {cfg.diffusion.warmup}, then {cfg.diffusion.lr_schedule}), EMA {cfg.diffusion.ema_decay}, "
+        f"(β2 {cfg.diffusion.adam_beta2:g}, warm-up {cfg.diffusion.warmup}, then {cfg.diffusion.lr_schedule}), "
+        f"EMA {cfg.diffusion.ema_decay}, "
         f"classifier-free dropout "
         f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}), {objective}; "
         f"final training loss{' (weighted)' if gamma > 0 else ''} "

@@ -102,6 +102,8 @@ class DiffusionConfig:
     # configs/prior/toy.yaml sets cosine (README, "Learning-rate decay").
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = 0.0
+    # AdamW's β2, the decay of its squared-gradient average: torch's (and the original's) 0.999.
+    adam_beta2: float = 0.999
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     ema_decay: float = 0.999
     # Min-SNR-γ weighting of the ε loss (diffusion.min_snr_weights); 0 = the plain objective, which γ = 5
@@ -158,6 +160,7 @@ def check_training_config(cfg: PriorTrainingConfig) -> None:
         ("diffusion.uncond", 0 <= cfg.diffusion.uncond <= 1 / 3, "must be in [0, 1/3] (three dropout cases)"),
         ("diffusion.same_view_fraction", 0 <= cfg.diffusion.same_view_fraction <= 1, "must be in [0, 1]"),
         ("diffusion.ema_decay", 0 <= cfg.diffusion.ema_decay < 1, "must be in [0, 1)"),
+        ("diffusion.adam_beta2", 0 <= cfg.diffusion.adam_beta2 < 1, "must be in [0, 1)"),
         ("run.checkpoint_every", cfg.run.checkpoint_every >= 1, "must be >= 1"),
         ("run.log_every", cfg.run.log_every >= 1, "must be >= 1"),
         ("autoencoder.init_from", not (cfg.autoencoder.init_from and cfg.model.init_from),
