@@ -98,7 +98,8 @@ def ssim_split(image: torch.Tensor, truth: torch.Tensor, touched: torch.Tensor) 
             "ssim_object": float(index[near].mean()) if near.any() else math.nan}
 
 
-def views_part(model: str, objects, guidances: list[float], seeds: int, steps: int, eta: float = 0.0) -> list[dict]:
+def views_part(model: str, objects, guidances: list[float], seeds: int, steps: int, eta: float = 0.0,
+               guidance_rescale: float = 0.0) -> list[dict]:
     from sjc3d.views import sample_views
 
     prior = load_prior(model)
@@ -124,7 +125,8 @@ def views_part(model: str, objects, guidances: list[float], seeds: int, steps: i
         for guidance in guidances:
             for seed in range(seeds):
                 generator = torch.Generator().manual_seed(1000 * k + seed)
-                samples = sample_views(prior, poses, steps, guidance, generator, eta=eta).cpu()
+                samples = sample_views(prior, poses, steps, guidance, generator, eta=eta,
+                                       guidance_rescale=guidance_rescale).cpu()
                 for j in range(len(TARGETS)):
                     rows.append({"object": k, "pose": j, "method": f"prior g{guidance:g}", "seed": seed,
                                  **scores(samples[j], j)})
@@ -254,6 +256,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2, help="novel views: samples per pose")
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--eta", type=float, default=0.0, help="novel views: DDIM's η (0 deterministic, 1 DDPM)")
+    parser.add_argument("--guidance-rescale", type=float, default=0.0,
+                        help="novel views: φ of the guidance rescale (0 plain guidance)")
     parser.add_argument("--preset", default="learned-cpu")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps of the fits")
     parser.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE]",
@@ -268,7 +272,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": args.model, "objects": args.objects}
     if args.part in ("views", "both"):
-        results["views"] = views_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps, args.eta)
+        results["views"] = views_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps, args.eta,
+                                      args.guidance_rescale)
         print_views(results["views"])
     if args.part == "identity":
         results["identity"] = identity_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps)

@@ -57,24 +57,26 @@ def target_poses(azimuths: list[float], input_elevation: float, elevation_delta:
 
 @torch.no_grad()
 def sample_views(prior, poses: Tensor, steps: int, guidance: float, generator: torch.Generator, progress=None,
-                 eta: float = 0.0) -> Tensor:
+                 eta: float = 0.0, guidance_rescale: float = 0.0) -> Tensor:
     """DDIM samples of the conditioned prior for each pose: images [N, H, W, 3] in [0, 1].
 
     All views are denoised together: one UNet call of batch 2N per step (N when guidance is 1).
     The noise is drawn on the CPU from `generator`, so a seed gives the same views on any device.
     eta: DDIM's η, the share of the posterior's noise put back at each step: 0 is deterministic
         DDIM (Zero-1-to-3's sampler), 1 the DDPM ancestral step.
+    guidance_rescale: φ of `rescale_guidance` (priors/zero123.py); 0 is plain guidance.
     """
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(prior.scheduler_config)
+    # predict_noise returns ε whatever the UNet predicts, so the scheduler must read ε.
+    scheduler = DDIMScheduler.from_config(prior.scheduler_config, prediction_type="epsilon")
     scheduler.set_timesteps(steps)
     n = poses.shape[0]
     h, w = prior.concat_latent.shape[-2:]
     latents = torch.randn((n, prior.n_channels, h, w), generator=generator) * scheduler.init_noise_sigma
     latents = latents.to(prior.device)
     for t in scheduler.timesteps:
-        eps = prior.predict_noise(latents, t.reshape(1).expand(n), poses, guidance)
+        eps = prior.predict_noise(latents, t.reshape(1).expand(n), poses, guidance, guidance_rescale=guidance_rescale)
         latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
         if progress is not None:
             progress()

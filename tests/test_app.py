@@ -143,9 +143,9 @@ def test_views_turn_the_camera_as_zero123_does(engine, example, monkeypatch):
     seen = []
     predict = engine.prior.predict_noise
 
-    def spy(latents, t, poses, guidance):
+    def spy(latents, t, poses, guidance, **options):
         seen.append(poses.clone())
-        return predict(latents, t, poses, guidance)
+        return predict(latents, t, poses, guidance, **options)
 
     monkeypatch.setattr(engine.prior, "predict_noise", spy)
     request = ViewsRequest(example, input_elevation=10.0, polar_delta=20.0, azimuth_delta=90.0, radius_delta=0.25,

@@ -61,7 +61,7 @@ def test_the_trained_folder_loads_as_a_zero123_model(trained: PriorRunPaths):
     scale = float(prior.vae.config.scaling_factor)
     assert 0 < scale and scale != 1.0  # measured from the trained encoder, not left at its placeholder
     card = (trained.model / "MODEL.md").read_text()
-    assert "held-out loss" in card and "make prior" in card and "mean of each eighth of the run" in card
+    assert "held-out ε loss" in card and "make prior" in card and "mean of each eighth of the run" in card
     stages = [json.loads(line) for line in trained.metrics.read_text().splitlines()]
     assert [r["step"] for r in stages if r["stage"] == "autoencoder"] == [1, 2, 3, 4]
     assert [r["step"] for r in stages if r["stage"] == "diffusion"] == [1, 2, 3, 4, 5, 6]
@@ -122,6 +122,45 @@ def test_min_snr_weighting_reaches_the_training_loss(trained: PriorRunPaths, tin
         return next(r["loss"] for r in records if r["stage"] == "diffusion" and r["step"] == 1)
 
     assert first_diffusion_loss(paths.metrics) < 0.5 * first_diffusion_loss(trained.metrics)
+
+
+def test_v_prediction_trains_on_v_and_ships_a_v_model(trained: PriorRunPaths, tiny_views, tmp_path):
+    """Same draws and initial weights as the ε run: another target gives another step-1 loss; the
+    exported scheduler says v_prediction, which the loader hands to the prior; the card says v."""
+    from sjc3d.priors.zero123 import load_zero123
+
+    cfg, paths = tiny_config(tiny_views, tmp_path / "run", "diffusion.steps=1", "diffusion.prediction_type=v_prediction")
+    train_prior(cfg, paths, progress=False)
+
+    def first_diffusion_loss(metrics: Path) -> float:
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        return next(r["loss"] for r in records if r["stage"] == "diffusion" and r["step"] == 1)
+
+    assert first_diffusion_loss(paths.metrics) != pytest.approx(first_diffusion_loss(trained.metrics), rel=1e-3)
+    scheduler = json.loads((paths.model / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
+    assert load_zero123(str(paths.model), device="cpu").prediction_type == "v_prediction"
+    assert "unweighted v loss" in (paths.model / "MODEL.md").read_text()
+    assert "unweighted ε loss" in (trained.model / "MODEL.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_like_the_plain_one_and_checkpoints_plain_names(trained: PriorRunPaths, tiny_views,
+                                                                                tmp_path):
+    """torch.compile (minutes of compiling on 2 cores, hence `slow`): the same step-1 loss as the
+    uncompiled run to float32 reordering, a checkpoint a plain run can resume, the card says so."""
+    cfg, paths = tiny_config(tiny_views, tmp_path / "run", "diffusion.steps=1", "diffusion.compile=true")
+    train_prior(cfg, paths, progress=False)
+
+    def first_diffusion_loss(metrics: Path) -> float:
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        return next(r["loss"] for r in records if r["stage"] == "diffusion" and r["step"] == 1)
+
+    assert first_diffusion_loss(paths.metrics) == pytest.approx(first_diffusion_loss(trained.metrics), rel=1e-4)
+    state = torch.load(paths.checkpoint, map_location="cpu", weights_only=True)
+    assert not any("_orig_mod" in key for key in state["denoiser"])
+    assert "torch.compile" in (paths.model / "MODEL.md").read_text()
+    assert "torch.compile" not in (trained.model / "MODEL.md").read_text()
 
 
 def test_bf16_autocast_runs_the_denoiser_in_bf16(trained: PriorRunPaths, tiny_views, tmp_path):

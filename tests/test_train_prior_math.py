@@ -128,12 +128,41 @@ def test_min_snr_weights_cap_the_clean_levels_and_keep_the_noisy_ones():
     assert weights[0] < weights[1] <= weights[2]
 
 
-def test_the_noise_loss_weights_each_sample_of_the_batch():
-    prediction, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
-    plain = dm.noise_prediction_loss(prediction, noise, torch.ones(2))
-    assert plain.item() == pytest.approx(torch.nn.functional.mse_loss(prediction, noise).item(), rel=1e-6)
-    first_only = dm.noise_prediction_loss(prediction, noise, torch.tensor([2.0, 0.0]))
-    assert first_only.item() == pytest.approx((prediction[0] - noise[0]).square().mean().item(), rel=1e-6)
+def test_min_snr_weights_of_a_v_model_divide_by_snr_plus_one():
+    """v loss = (SNR + 1)·‖z0 − ẑ0‖², so Min-SNR-γ's weight min(SNR, γ) becomes min(SNR, γ)/(SNR + 1)."""
+    from sjc3d.sjc import ddpm_alphas_cumprod
+
+    alphas = ddpm_alphas_cumprod()
+    t = torch.tensor([0, 500, 999])
+    snr = alphas[t].double() / (1 - alphas[t].double())
+    expected = snr.clamp(max=5.0) / (snr + 1)
+    torch.testing.assert_close(dm.min_snr_weights(t, alphas, 5.0, "v_prediction"), expected.float())
+    assert torch.equal(dm.min_snr_weights(t, alphas, 0.0, "v_prediction"), torch.ones(3))
+
+
+def test_v_targets_turn_back_into_the_noise():
+    """v = √ᾱ·ε − √(1−ᾱ)·z0, and √ᾱ·v + √(1−ᾱ)·x_t recovers ε exactly: what the prior relies on."""
+    from sjc3d.priors.zero123 import epsilon_from_velocity
+    from sjc3d.sjc import ddpm_alphas_cumprod
+
+    alphas = ddpm_alphas_cumprod()
+    torch.manual_seed(0)
+    z0, noise, t = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5), torch.tensor([3, 400, 999])
+    v = dm.prediction_target(z0, noise, t, alphas, "v_prediction")
+    a = alphas[400].item()
+    torch.testing.assert_close(v[1], math.sqrt(a) * noise[1] - math.sqrt(1 - a) * z0[1])
+    assert (v[2] + z0[2]).norm() < 0.1 * z0[2].norm()  # near pure noise v is nearly −z0: the shape itself
+    x_t = dm.noisy_latents(z0, noise, t, alphas)
+    torch.testing.assert_close(epsilon_from_velocity(v, x_t, alphas[t].float()), noise, rtol=1e-5, atol=1e-5)
+    assert dm.prediction_target(z0, noise, t, alphas, "epsilon") is noise
+
+
+def test_the_loss_weights_each_sample_of_the_batch():
+    prediction, target = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    plain = dm.prediction_loss(prediction, target, torch.ones(2))
+    assert plain.item() == pytest.approx(torch.nn.functional.mse_loss(prediction, target).item(), rel=1e-6)
+    first_only = dm.prediction_loss(prediction, target, torch.tensor([2.0, 0.0]))
+    assert first_only.item() == pytest.approx((prediction[0] - target[0]).square().mean().item(), rel=1e-6)
 
 
 def test_ema_warms_up_and_then_averages():

@@ -138,3 +138,25 @@ def test_views_rejects_bad_options(object_png, tiny_zero123, tmp_path, args, mat
     options.update(args)
     with pytest.raises(ConfigError, match=match):
         views_command(**options)
+
+
+def test_a_v_model_samples_with_the_epsilon_its_prior_returns(tiny_zero123_prior):
+    """predict_noise already turns v into ε: the sampler must read ε, not convert a second time."""
+    from diffusers import DDIMScheduler
+
+    from sjc3d.priors.zero123 import Zero123Prior
+    from sjc3d.views import sample_views
+
+    p = tiny_zero123_prior
+    prior = Zero123Prior(p.unet, p.vae, p.image_encoder, p.projection,
+                         {**p.scheduler_config, "prediction_type": "v_prediction"})
+    prior.condition(torch.full((64, 64, 3), 0.5), 0.0, 2.0)
+    poses = target_poses([30.0, 90.0], 0.0, 0.0, 2.0, 0.0)
+    sampled = sample_views(prior, poses, 3, 3.0, torch.Generator().manual_seed(5))
+
+    scheduler = DDIMScheduler.from_config({**prior.scheduler_config, "prediction_type": "epsilon"})
+    scheduler.set_timesteps(3)
+    x = torch.randn((2, prior.n_channels, *prior.concat_latent.shape[-2:]), generator=torch.Generator().manual_seed(5))
+    for t in scheduler.timesteps:
+        x = scheduler.step(prior.predict_noise(x, t.reshape(1).expand(2), poses, 3.0), t, x).prev_sample
+    torch.testing.assert_close(sampled, prior.decode(x))

@@ -94,6 +94,22 @@ def test_guidance_uses_zero_context_and_zero_concat_for_the_unconditional_branch
     torch.testing.assert_close(prior.predict_noise(x, t, pose, 1.0), eps_c, rtol=0, atol=0)
 
 
+def test_guidance_rescale_gives_the_guided_prediction_the_conditional_spread(prior):
+    from sjc3d.priors.zero123 import rescale_guidance
+
+    torch.manual_seed(5)
+    x, t, pose, s = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 990]), _poses(), 10.0
+    eps_c = prior.predict_noise(x, t, pose, 1.0)
+    guided = prior.predict_noise(x, t, pose, s)
+    full = rescale_guidance(guided, eps_c, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), eps_c.std(dim=(1, 2, 3)))  # per sample
+    torch.testing.assert_close(full / full.std(dim=(1, 2, 3), keepdim=True),
+                               guided / guided.std(dim=(1, 2, 3), keepdim=True))  # only the scale changes
+    assert rescale_guidance(guided, eps_c, 0.0) is guided
+    torch.testing.assert_close(prior.predict_noise(x, t, pose, s, guidance_rescale=0.7),
+                               0.7 * full + 0.3 * guided, rtol=1e-4, atol=1e-4)
+
+
 def test_denoiser_is_the_ve_form_of_the_guided_prediction(prior):
     torch.manual_seed(2)
     z, pose, s = torch.randn(3, 4, 8, 8) * 3, _poses(), 3.0
@@ -108,6 +124,25 @@ def test_denoiser_is_the_ve_form_of_the_guided_prediction(prior):
     # batching over poses changes nothing
     single = torch.cat([prior.denoise(z[i : i + 1], sigma[i : i + 1], pose[i : i + 1], s) for i in range(3)])
     torch.testing.assert_close(prior.denoise(z, sigma, pose, s), single, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_a_v_prediction_model_is_turned_into_epsilon(prior, scale):
+    """The same UNet read as a v-model: predict_noise returns √ᾱ·v̂ + √(1−ᾱ)·x, guided, for SJC and DDIM alike."""
+    from sjc3d.priors.zero123 import Zero123Prior
+
+    v_prior = Zero123Prior(prior.unet, prior.vae, prior.image_encoder, prior.projection,
+                           {**prior.scheduler_config, "prediction_type": "v_prediction"})
+    v_prior.condition(prior.test_image, 15.0, 2.0)
+    torch.manual_seed(4)
+    x, t, pose = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 990]), _poses()
+    v = prior.predict_noise(x, t, pose, scale)  # the ε-configured prior returns the UNet's raw (guided) output
+    a = prior.alphas_cumprod[t].float().view(3, 1, 1, 1)
+    torch.testing.assert_close(v_prior.predict_noise(x, t, pose, scale), a.sqrt() * v + (1 - a).sqrt() * x,
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction_type 'sample'"):
+        Zero123Prior(prior.unet, prior.vae, prior.image_encoder, prior.projection,
+                     {**prior.scheduler_config, "prediction_type": "sample"})
 
 
 def test_sigmas_are_those_of_the_ddpm_schedule(prior):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -129,6 +130,15 @@ def test_incomplete_folders_name_the_missing_part(tiny_zero123, tmp_path, broken
         shutil.rmtree(folder / "unet")
         match = "unet/"
     with pytest.raises(ModelNotFoundError, match=match):
+        load_zero123(str(folder))
+
+
+def test_a_prediction_type_the_prior_cannot_read_is_one_line(tiny_zero123, tmp_path):
+    folder = tmp_path / "x0-model"
+    shutil.copytree(tiny_zero123["ccp"], folder)
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "sample"}))
+    with pytest.raises(ModelNotFoundError, match="predicts 'sample'"):
         load_zero123(str(folder))
 
 

@@ -52,6 +52,8 @@ DEFAULT_SCHEDULER = {
     "steps_offset": 1,
     "timestep_spacing": "leading",
 }
+# What a UNet may predict (the scheduler config's `prediction_type`) for Zero123Prior to read it.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -382,6 +384,9 @@ def load_parts(source: str, *, image_encoder: str | None = None, stable: str = "
         except (KeyError, FileNotFoundError, OSError, RuntimeError) as e:
             raise not_found(source, f"its camera projection cannot be read ({type(e).__name__})") from None
         scheduler = _scheduler_config(path)
+    prediction = scheduler.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise not_found(source, f"its scheduler predicts {prediction!r}; sjc3d reads 'epsilon' and 'v_prediction' models")
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise not_found(source, f"its UNet takes {unet.config.in_channels} channels; Zero-1-to-3 needs {2 * vae.config.latent_channels}")
     return Zero123Parts(

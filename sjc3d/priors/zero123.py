@@ -13,6 +13,9 @@ Conditioning, exactly as the original code (DESIGN.md §4; zero123/3drec/run_zer
   scaling factor 0.18215, is concatenated to the (scaled) noisy latent: 8 UNet channels.
 * Unconditional branch (classifier-free guidance): a zero context *after* the projection and
   a zero concat latent; ε̂ = ε_u + s·(ε_c − ε_u).
+* What the UNet predicts is the scheduler config's `prediction_type`: "epsilon" (every public
+  Zero-1-to-3) or "v_prediction" (v = √ᾱ·ε − √(1−ᾱ)·z0, which a model trained by `sjc3d
+  train-prior` may use); `predict_noise` always returns ε, so SJC and the samplers see one thing.
 
 VE view for SJC (DESIGN.md §5): σ_t = sqrt((1 − ᾱ_t)/ᾱ_t) and
 D(z, σ) = z − σ·ε̂(z / sqrt(1 + σ²), t(σ)).  t(σ) is the discrete step whose σ_t is nearest
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from sjc3d.config import DEFAULT_MODEL
 from sjc3d.priors import vae as vae_io
-from sjc3d.priors.loading import Zero123Parts, load_parts, load_vae  # noqa: F401  (re-exported)
+from sjc3d.priors.loading import PREDICTION_TYPES, Zero123Parts, load_parts, load_vae  # noqa: F401  (re-exported)
 from sjc3d.sjc import ddpm_alphas_cumprod, nearest_timestep, ve_sigmas  # noqa: F401  (re-exported)
 
 CLIP_SIZE = 224
@@ -63,9 +66,32 @@ def alphas_cumprod_from_config(config: dict) -> Tensor:
     )
 
 
+def epsilon_from_velocity(v: Tensor, x_t: Tensor, alpha_bar: Tensor) -> Tensor:
+    """ε = √ᾱ·v + √(1 − ᾱ)·x_t for v = √ᾱ·ε − √(1 − ᾱ)·z0 and x_t = √ᾱ·z0 + √(1 − ᾱ)·ε.
+
+    v, x_t: [B, c, h, w]; alpha_bar: ᾱ_t per sample, [B] (or broadcastable).  Exact: the z0 terms cancel.
+    """
+    a = alpha_bar.to(v).reshape(-1, *([1] * (v.dim() - 1)))
+    return a.sqrt() * v + (1 - a).sqrt() * x_t
+
+
 def guide(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance ε_u + s·(ε_c − ε_u)."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def rescale_guidance(guided: Tensor, conditional: Tensor, phi: float) -> Tensor:
+    """Guidance rescale (Lin et al. 2023, §3.4): blend the guided prediction with itself scaled to
+    the conditional prediction's standard deviation, per sample: φ·guided·(std_c/std_g) + (1−φ)·guided.
+
+    A large guidance scale inflates the prediction's spread, which over-saturates samples; φ = 0
+    leaves the guided prediction as it is.  guided, conditional: [B, c, h, w].
+    """
+    if phi <= 0:
+        return guided
+    dims = tuple(range(1, guided.dim()))
+    rescaled = guided * (conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return phi * rescaled + (1 - phi) * guided
 
 
 def stable_pose(pose: Tensor, input_polar: float) -> Tensor:
@@ -103,6 +129,9 @@ class Zero123Prior:
         # resizes RGB renders to it before encode() (`encode_size`).
         self.image_size = int(vae.config.sample_size)
         self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r}: expected one of {PREDICTION_TYPES}")
         self.sigmas = ve_sigmas(self.alphas_cumprod).float().to(self.device)
         self.clip_embedding: Tensor | None = None  # [1, 768]
         self.concat_latent: Tensor | None = None  # [1, 4, h, w], unscaled posterior mode
@@ -153,11 +182,14 @@ class Zero123Prior:
     # -- the network -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def predict_noise(self, x: Tensor, t: Tensor, pose: Tensor, guidance_scale: float) -> Tensor:
+    def predict_noise(self, x: Tensor, t: Tensor, pose: Tensor, guidance_scale: float,
+                      guidance_rescale: float = 0.0) -> Tensor:
         """Guided ε̂(x, t) [B, 4, h, w] float32 at the DDPM scale (x = √ᾱ·y + √(1−ᾱ)·n).
 
         x: [B, 4, h, w] scaled latents; t: [B] integer timesteps; pose: [B, 4].
         One UNet call of batch 2B for guidance (B when the scale is 1: ε_u is not needed).
+        guidance_rescale: φ of `rescale_guidance`, applied to the model's own output (ε or v) as
+            diffusers does; 0 (the default, and Zero-1-to-3's) leaves plain guidance.
         """
         context = self.context(pose)
         n = x.shape[0]
@@ -165,12 +197,18 @@ class Zero123Prior:
         x = x.to(self.device, self.dtype)
         t = t.to(self.device).reshape(-1).expand(n)
         if guidance_scale == 1.0:
-            return self.unet(torch.cat([x, concat], dim=1), t, encoder_hidden_states=context).sample.float()
-        sample = torch.cat([torch.cat([x, torch.zeros_like(concat)], dim=1), torch.cat([x, concat], dim=1)])
-        contexts = torch.cat([torch.zeros_like(context), context])
-        eps = self.unet(sample, torch.cat([t, t]), encoder_hidden_states=contexts).sample.float()
-        eps_uncond, eps_cond = eps.chunk(2)
-        return guide(eps_uncond, eps_cond, guidance_scale)  # in float32: s = 100 amplifies fp16 error
+            out = self.unet(torch.cat([x, concat], dim=1), t, encoder_hidden_states=context).sample.float()
+        else:
+            sample = torch.cat([torch.cat([x, torch.zeros_like(concat)], dim=1), torch.cat([x, concat], dim=1)])
+            contexts = torch.cat([torch.zeros_like(context), context])
+            out_uncond, out_cond = self.unet(sample, torch.cat([t, t]), encoder_hidden_states=contexts).sample.float().chunk(2)
+            out = guide(out_uncond, out_cond, guidance_scale)  # in float32: s = 100 amplifies fp16 error
+            out = rescale_guidance(out, out_cond, guidance_rescale)
+        if self.prediction_type == "v_prediction":
+            # ε is affine in v with weights shared by both branches, so guiding v then converting is
+            # guiding ε.
+            out = epsilon_from_velocity(out, x.float(), self.alphas_cumprod.to(self.device)[t].float())
+        return out
 
     @torch.no_grad()
     def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float) -> Tensor:

@@ -63,7 +63,8 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     size = int(parts.vae.config.sample_size)
     gamma = cfg.diffusion.snr_gamma
-    objective = f"Min-SNR-{gamma:g} weighting" if gamma > 0 else "unweighted ε loss"
+    target = "v" if parts.scheduler_config.get("prediction_type") == "v_prediction" else "ε"
+    objective = f"{target} loss, Min-SNR-{gamma:g} weighting" if gamma > 0 else f"unweighted {target} loss"
     if cfg.diffusion.same_view_fraction > 0:
         objective += f", {cfg.diffusion.same_view_fraction:.0%} of the pairs one view twice (T = 0)"
     if cfg.autoencoder.init_from:
@@ -102,11 +103,11 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
         f"classifier-free dropout "
         f"{cfg.diffusion.uncond:g} ×3 (null context: {cfg.diffusion.null_context}), {objective}; "
         f"final training loss{' (weighted)' if gamma > 0 else ''} "
-        f"{dm_log.final_loss:.4f}, held-out loss (EMA, {len(val_objects)} objects) {validation_loss:.4f}, "
+        f"{dm_log.final_loss:.4f}, held-out ε loss (EMA, {len(val_objects)} objects) {validation_loss:.4f}, "
         f"{dm_log.wall_time / 60:.1f} min.",
         *_loss_profile_lines(metrics, cfg.diffusion.warmup),
         f"- Arithmetic: autoencoder {_arithmetic(cfg.autoencoder.autocast)}, "
-        f"diffusion {_arithmetic(cfg.diffusion.autocast)}.",
+        f"diffusion {_arithmetic(cfg.diffusion.autocast)}{', torch.compile' if cfg.diffusion.compile else ''}.",
         f"- Total wall time {wall_time / 60:.1f} min (of which data, caching and export "
         f"{logs['setup'].wall_time / 60:.1f} min).",
         "",

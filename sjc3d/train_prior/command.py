@@ -76,8 +76,12 @@ def build_model(cfg: PriorTrainingConfig) -> PriorComponents:
     if cfg.model.init_from:
         from sjc3d.priors import resolve_project_path
 
-        return load_components(str(resolve_project_path(cfg.model.init_from)), cfg.model.image_encoder or None)
-    return build_components(cfg.model, cfg.run.seed)
+        parts = load_components(str(resolve_project_path(cfg.model.init_from)), cfg.model.image_encoder or None)
+    else:
+        parts = build_components(cfg.model, cfg.run.seed)
+    if cfg.diffusion.prediction_type:
+        parts.scheduler_config["prediction_type"] = cfg.diffusion.prediction_type
+    return parts
 
 
 def resolve_run(config: Optional[str], overrides: list[str], resume: Optional[Path],

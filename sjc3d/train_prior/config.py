@@ -109,6 +109,10 @@ class DiffusionConfig:
     # Min-SNR-γ weighting of the ε loss (diffusion.min_snr_weights); 0 = the plain objective, which γ = 5
     # did not beat on the toy's novel views (benchmarks/prior_recipe_ab.py; README, "recipe A/Bs").
     snr_gamma: float = 0.0
+    # What the UNet learns to predict: "epsilon" (Zero-1-to-3) or "v_prediction" (diffusion.velocity);
+    # "" keeps the model's own (its scheduler config; a new model is epsilon).  Exported in the
+    # scheduler config, which `Zero123Prior` reads.
+    prediction_type: Literal["", "epsilon", "v_prediction"] = ""
     uncond: float = 0.05  # classifier-free dropout unit: image only, both, concat only — each this often
     # Share of pairs whose target is the conditioning view itself (T = 0), which the original never
     # draws: a pair the concat latent answers exactly.  0 here (the original's pairs, for fine-tuning);
@@ -121,6 +125,9 @@ class DiffusionConfig:
     # loss stay float32). The toy sets bf16: 1.2x the steps an hour on this machine's CPUs (AMX) at equal
     # quality (README, recipe A/Bs); float32 by default, as a CPU without bf16 units runs bf16 slower.
     autocast: Literal["float32", "bf16"] = "float32"
+    # torch.compile the denoiser's training step (its forward and backward): a one-off compile of
+    # ~2 min on 2 CPU cores, then faster steps (README, "recipe A/Bs").  Needs a C++ compiler on CPU.
+    compile: bool = False
 
 
 @dataclass

@@ -7,6 +7,11 @@ For a pair of views (x_cond, x_target) of one object with relative pose T (DESIG
     c_cross  = P([CLIP(x_cond) ‖ T])         one context token, P the (D + 4) → D projection
     min_θ E_{t, ε} ‖ε − ε_θ(√ᾱ_t·z + √(1−ᾱ_t)·ε, t, c_concat, c_cross)‖²
 
+With `prediction_type = "v_prediction"` the network predicts v = √ᾱ_t·ε − √(1−ᾱ_t)·z instead
+of ε (Salimans & Ho 2022) and the loss is ‖v − v̂‖².  Near t = T (ᾱ ≈ 0.005 on this schedule) an
+ε-model must output almost exactly its input and leaves the clean latent in a ~7 % residual;
+v there is ≈ −z, so the coarse shape that the first sampling steps fix is the output itself.
+
 Classifier-free guidance needs the model to also predict without its conditioning.  The
 original (zero123 `LatentDiffusion.get_input`, uncond = 0.05) draws r ~ U[0, 1) per sample:
 
@@ -115,27 +120,42 @@ def noisy_latents(z0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) 
     return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
 
-def min_snr_weights(t: Tensor, alphas_cumprod: Tensor, gamma: float) -> Tensor:
-    """Per-sample weights [B] of the ε loss: min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 − ᾱ_t).
+def velocity(z0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """v = √ᾱ_t·ε − √(1 − ᾱ_t)·z0, the v-prediction target [B, c, h, w]."""
+    a = alphas_cumprod.to(z0.device)[t].float().view(-1, 1, 1, 1)
+    return a.sqrt() * noise - (1 - a).sqrt() * z0
 
-    Min-SNR-γ (Hang et al. 2023): the ε loss of a nearly clean latent (SNR ≫ γ) is about detail
-    the decoder barely shows, yet weighs as much as a noisy one's; capping its share is meant to
-    let a model spend itself on coarse structure (on the toy it changed little: README, "recipe
-    A/Bs").  Noisy levels (SNR ≤ γ) keep weight 1.  γ ≤ 0: all ones (the module doc's objective).
+
+def prediction_target(z0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str) -> Tensor:
+    """What the network learns to output: ε itself ("epsilon") or v ("v_prediction")."""
+    return noise if prediction_type == "epsilon" else velocity(z0, noise, t, alphas_cumprod)
+
+
+def min_snr_weights(t: Tensor, alphas_cumprod: Tensor, gamma: float, prediction_type: str = "epsilon") -> Tensor:
+    """Per-sample weights [B] of the loss: min(SNR_t, γ)/SNR_t for ε, min(SNR_t, γ)/(SNR_t + 1) for v,
+    SNR_t = ᾱ_t / (1 − ᾱ_t).
+
+    Min-SNR-γ (Hang et al. 2023) weighs the clean-latent error ‖z0 − ẑ0‖² by min(SNR_t, γ); the ε
+    loss is SNR_t times that error and the v loss (SNR_t + 1) times it, hence the two divisors.
+    The ε loss of a nearly clean latent (SNR ≫ γ) is about detail the decoder barely shows, yet
+    weighs as much as a noisy one's; capping its share is meant to let a model spend itself on
+    coarse structure (on the toy it changed little: README, "recipe A/Bs").  γ ≤ 0: all ones (the
+    module doc's objective).
     """
     if gamma <= 0:
         return torch.ones(t.shape, dtype=torch.float32, device=t.device)
     a = alphas_cumprod.to(t.device)[t].double()
     snr = a / (1 - a)
-    return (snr.clamp(max=gamma) / snr).float()
+    divisor = snr if prediction_type == "epsilon" else snr + 1
+    return (snr.clamp(max=gamma) / divisor).float()
 
 
-def noise_prediction_loss(prediction: Tensor, noise: Tensor, weights: Tensor) -> Tensor:
-    """Σ_b w_b·mean‖ε_b − ε̂_b‖² / B: the per-sample MSE over latent elements, weighted, averaged.
+def prediction_loss(prediction: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """Σ_b w_b·mean‖target_b − prediction_b‖² / B: the per-sample MSE over latent elements, weighted, averaged.
 
-    prediction, noise: [B, c, h, w]; weights: [B] (ones: the plain MSE).
+    prediction, target: [B, c, h, w]; weights: [B] (ones: the plain MSE).
     """
-    per_sample = (prediction.float() - noise.float()).square().flatten(1).mean(dim=1)
+    per_sample = (prediction.float() - target.float()).square().flatten(1).mean(dim=1)
     return (weights.to(per_sample) * per_sample).mean()
 
 

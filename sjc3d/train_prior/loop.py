@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from sjc3d.atomic import atomic_write_text
 from sjc3d.config import dump_config
+from sjc3d.priors.zero123 import epsilon_from_velocity
 from sjc3d.progress import ProgressBar
 from sjc3d.train_prior import autoencoder as ae
 from sjc3d.train_prior import diffusion as dm
@@ -309,6 +311,14 @@ class PriorTrainer:
         ema_params = [p for p in self.ema.parameters()]
         live_params = [p for p in denoiser.parameters()]
         denoiser, optimizer = acc.prepare(denoiser, optimizer)
+        # The compiled module runs the steps; `denoiser` itself is what is checkpointed (a compiled
+        # module's state_dict names every tensor `_orig_mod.…`, which a resumed run could not load).
+        forward = denoiser
+        if cfg.compile:
+            # diffusers' up-samplers call an lru_cache'd version check; Dynamo warns about it at every
+            # trace, pages of text that say nothing to a user.
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+            forward = torch.compile(denoiser)
 
         alphas = _alphas_cumprod(parts.scheduler_config)
         scale = float(parts.vae.config.scaling_factor)
@@ -323,7 +333,7 @@ class PriorTrainer:
             draw = dm.draw_pairs(self.views.offsets, self.train_objects, cfg.batch, tuple(self.latents.shape[1:]),
                                  len(alphas), dm.step_generator(self.cfg.run.seed, step),
                                  cfg.same_view_fraction).slice(lo, hi)
-            loss = self._denoising_loss(denoiser, draw, alphas, scale, cfg.snr_gamma, cfg.autocast)
+            loss = self._denoising_loss(forward, draw, alphas, scale, cfg.snr_gamma, cfg.autocast)
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if cfg.grad_clip > 0:
@@ -353,32 +363,45 @@ class PriorTrainer:
         bar.close()
         log.wall_time += time.perf_counter() - t0
 
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts, as its scheduler config records it ("epsilon" or "v_prediction")."""
+        return self.parts.scheduler_config.get("prediction_type", "epsilon")
+
     def _denoising_loss(self, denoiser: nn.Module, draw: dm.PairBatch, alphas: Tensor, scale: float,
-                        snr_gamma: float = 0.0, arithmetic: str = "float32") -> Tensor:
-        """The (weighted, `snr_gamma` > 0) ε loss of one batch of pairs; validation leaves it unweighted
-        and in float32."""
+                        snr_gamma: float = 0.0, arithmetic: str = "float32", as_epsilon: bool = False) -> Tensor:
+        """The loss of one batch of pairs against the model's own target (ε or v; weighted when
+        `snr_gamma` > 0).  `as_epsilon`: the plain ε loss whatever the model predicts (its prediction
+        turned into ε first), so that validation losses compare across prediction types."""
         device, u = self.accelerator.device, self.cfg.diffusion.uncond
         z0 = self.latents[draw.target].to(device) * scale
-        x_t = dm.noisy_latents(z0, draw.noise.to(device), draw.t.to(device), alphas)
+        noise, t = draw.noise.to(device), draw.t.to(device)
+        x_t = dm.noisy_latents(z0, noise, t, alphas)
         drop_image, drop_concat = dm.dropout_masks(draw.r, u)
         concat = self.latents[draw.cond].to(device) * (~drop_concat).float().view(-1, 1, 1, 1).to(device)
         pose = dm.relative_poses(self.views.c2w, draw.cond, draw.target).to(device)
         cond_images = self.views.model_input(draw.cond).to(device)
         with autocast(device, arithmetic):
-            prediction = denoiser(x_t, concat, draw.t.to(device), cond_images, pose, drop_image.to(device))
+            prediction = denoiser(x_t, concat, t, cond_images, pose, drop_image.to(device))
         prediction = prediction.float()  # the loss in float32
-        weights = dm.min_snr_weights(draw.t.to(device), alphas, snr_gamma)
-        return dm.noise_prediction_loss(prediction, draw.noise.to(device), weights)
+        if as_epsilon:
+            if self.prediction_type == "v_prediction":
+                prediction = epsilon_from_velocity(prediction, x_t, alphas.to(device)[t].float())
+            return dm.prediction_loss(prediction, noise, torch.ones_like(t, dtype=torch.float32))
+        weights = dm.min_snr_weights(t, alphas, snr_gamma, self.prediction_type)
+        target = dm.prediction_target(z0, noise, t, alphas, self.prediction_type)
+        return dm.prediction_loss(prediction, target, weights)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
-        """Mean denoising loss of the EMA model on fixed pairs of held-out objects (no dropout)."""
+        """Mean ε loss of the EMA model on fixed pairs of held-out objects (no dropout, unweighted)."""
         alphas = _alphas_cumprod(self.parts.scheduler_config)
         scale = float(self.parts.vae.config.scaling_factor)
         draw = dm.draw_pairs(self.views.offsets, self.val_objects, VALIDATION_PAIRS, tuple(self.latents.shape[1:]),
                              len(alphas), dm.step_generator(self.cfg.run.seed + 1, 0))
         draw.r.fill_(1.0)  # conditional: nothing dropped
-        losses = [self._denoising_loss(self.ema.to(self.accelerator.device), draw.slice(i, i + 64), alphas, scale)
+        losses = [self._denoising_loss(self.ema.to(self.accelerator.device), draw.slice(i, i + 64), alphas, scale,
+                                       as_epsilon=True)
                   for i in range(0, VALIDATION_PAIRS, 64)]
         return float(torch.stack(losses).mean())
 
