@@ -56,6 +56,15 @@ DEFAULT_SCHEDULER = {
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
+def prediction_type_of(scheduler_config: dict) -> str:
+    """The config's `prediction_type` ("epsilon" when absent, as diffusers assumes); a ValueError
+    for one that Zero123Prior cannot read."""
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction!r}: expected one of {PREDICTION_TYPES}")
+    return prediction
+
+
 @dataclass
 class Zero123Parts:
     """The loaded components, frozen and in eval mode."""
@@ -384,9 +393,11 @@ def load_parts(source: str, *, image_encoder: str | None = None, stable: str = "
         except (KeyError, FileNotFoundError, OSError, RuntimeError) as e:
             raise not_found(source, f"its camera projection cannot be read ({type(e).__name__})") from None
         scheduler = _scheduler_config(path)
-    prediction = scheduler.get("prediction_type", "epsilon")
-    if prediction not in PREDICTION_TYPES:
-        raise not_found(source, f"its scheduler predicts {prediction!r}; sjc3d reads 'epsilon' and 'v_prediction' models")
+    try:
+        prediction_type_of(scheduler)
+    except ValueError:
+        raise not_found(source, f"its scheduler predicts {scheduler['prediction_type']!r}; sjc3d reads "
+                                "'epsilon' and 'v_prediction' models") from None
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise not_found(source, f"its UNet takes {unet.config.in_channels} channels; Zero-1-to-3 needs {2 * vae.config.latent_channels}")
     return Zero123Parts(

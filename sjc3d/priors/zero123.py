@@ -36,7 +36,7 @@ from torch import Tensor
 
 from sjc3d.config import DEFAULT_MODEL
 from sjc3d.priors import vae as vae_io
-from sjc3d.priors.loading import PREDICTION_TYPES, Zero123Parts, load_parts, load_vae  # noqa: F401  (re-exported)
+from sjc3d.priors.loading import Zero123Parts, load_parts, load_vae, prediction_type_of  # noqa: F401  (re-exported)
 from sjc3d.sjc import ddpm_alphas_cumprod, nearest_timestep, ve_sigmas  # noqa: F401  (re-exported)
 
 CLIP_SIZE = 224
@@ -129,9 +129,8 @@ class Zero123Prior:
         # resizes RGB renders to it before encode() (`encode_size`).
         self.image_size = int(vae.config.sample_size)
         self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
-        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type {self.prediction_type!r}: expected one of {PREDICTION_TYPES}")
+        self.prediction_type = prediction_type_of(self.scheduler_config)
+        self.alpha_bars = self.alphas_cumprod.float().to(self.device)  # [T] ᾱ_t, for v → ε on the device
         self.sigmas = ve_sigmas(self.alphas_cumprod).float().to(self.device)
         self.clip_embedding: Tensor | None = None  # [1, 768]
         self.concat_latent: Tensor | None = None  # [1, 4, h, w], unscaled posterior mode
@@ -207,7 +206,7 @@ class Zero123Prior:
         if self.prediction_type == "v_prediction":
             # ε is affine in v with weights shared by both branches, so guiding v then converting is
             # guiding ε.
-            out = epsilon_from_velocity(out, x.float(), self.alphas_cumprod.to(self.device)[t].float())
+            out = epsilon_from_velocity(out, x.float(), self.alpha_bars[t])
         return out
 
     @torch.no_grad()

@@ -49,6 +49,7 @@ def diffusion_loss_profile(metrics: Path, warmup: int, stretches: int = 8) -> Op
 def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs: dict, validation_loss: float,
                      metrics: Optional[Path] = None) -> Path:
     """Write <folder>/MODEL.md from the run's configuration, data, stage logs and (when given) metrics.jsonl."""
+    from sjc3d.priors.loading import prediction_type_of
     from sjc3d.train_prior.model import load_components_quietly
 
     parts = load_components_quietly(folder)
@@ -63,7 +64,7 @@ def write_model_card(folder: Path, cfg, views, train_objects, val_objects, logs:
     factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     size = int(parts.vae.config.sample_size)
     gamma = cfg.diffusion.snr_gamma
-    target = "v" if parts.scheduler_config.get("prediction_type") == "v_prediction" else "ε"
+    target = "v" if prediction_type_of(parts.scheduler_config) == "v_prediction" else "ε"
     objective = f"{target} loss, Min-SNR-{gamma:g} weighting" if gamma > 0 else f"unweighted {target} loss"
     if cfg.diffusion.same_view_fraction > 0:
         objective += f", {cfg.diffusion.same_view_fraction:.0%} of the pairs one view twice (T = 0)"

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from sjc3d.atomic import atomic_write_text
 from sjc3d.config import dump_config
-from sjc3d.priors.zero123 import epsilon_from_velocity
+from sjc3d.priors.zero123 import epsilon_from_velocity, prediction_type_of
 from sjc3d.progress import ProgressBar
 from sjc3d.train_prior import autoencoder as ae
 from sjc3d.train_prior import diffusion as dm
@@ -366,7 +366,7 @@ class PriorTrainer:
     @property
     def prediction_type(self) -> str:
         """What the UNet predicts, as its scheduler config records it ("epsilon" or "v_prediction")."""
-        return self.parts.scheduler_config.get("prediction_type", "epsilon")
+        return prediction_type_of(self.parts.scheduler_config)
 
     def _denoising_loss(self, denoiser: nn.Module, draw: dm.PairBatch, alphas: Tensor, scale: float,
                         snr_gamma: float = 0.0, arithmetic: str = "float32", as_epsilon: bool = False) -> Tensor:
