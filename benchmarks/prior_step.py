@@ -1,4 +1,5 @@
-"""One training step of the toy prior's denoiser: float32 vs bf16 autocast, AdamW per-tensor vs fused.
+"""One training step of the toy prior's denoiser: float32 vs bf16 autocast, AdamW per-tensor vs fused,
+and (--compile) torch.compile'd with contiguous or channels-last weights.
 
     python benchmarks/prior_step.py [--batch 32] [--repeats 10] [--compile]
 
@@ -28,11 +29,14 @@ from sjc3d.train_prior.loop import ConditionedDenoiser, autocast  # noqa: E402
 from sjc3d.train_prior.model import build_components  # noqa: E402
 
 
-def time_steps(arithmetic: str, fused: bool, compiled: bool, batch: int, repeats: int) -> tuple[float, float, float]:
+def time_steps(arithmetic: str, fused: bool, compiled: bool, batch: int, repeats: int,
+               channels_last: bool = False) -> tuple[float, float, float]:
     """(median s, best s, s of the warm-up steps) of one training step."""
     torch.manual_seed(0)
     cfg = load_training_config("toy")
     denoiser = ConditionedDenoiser(build_components(cfg.model), "zeros").train()
+    if channels_last:  # as `diffusion.compile` trains (train_prior/loop.py)
+        denoiser = denoiser.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in denoiser.parameters() if p.requires_grad], lr=1e-4, fused=fused or None)
     model = torch.compile(denoiser) if compiled else denoiser
     c, s = cfg.model.latent_channels, cfg.model.image_size // 4
@@ -71,14 +75,16 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd denoisers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    variants = [("float32", False, False), ("float32", True, False), ("bf16", False, False), ("bf16", True, False)]
+    variants = [("float32", False, False, False), ("float32", True, False, False), ("bf16", False, False, False),
+                ("bf16", True, False, False)]
     if args.compile:
-        variants += [("float32", True, True), ("bf16", True, True)]
+        variants += [("float32", True, True, False), ("bf16", True, True, False), ("bf16", True, True, True)]
     print(f"toy denoiser, one training step at batch {args.batch}, {args.threads} threads")
-    print(f"{'arithmetic':<11}{'AdamW':<11}{'compiled':<10}{'median s':>9}{'best s':>8}{'warm-up s':>11}")
-    for arithmetic, fused, compiled in variants:
-        median, best, warm_up = time_steps(arithmetic, fused, compiled, args.batch, args.repeats)
-        print(f"{arithmetic:<11}{'fused' if fused else 'per-tensor':<11}{'yes' if compiled else 'no':<10}"
+    print(f"{'arithmetic':<11}{'AdamW':<11}{'compiled':<16}{'median s':>9}{'best s':>8}{'warm-up s':>11}")
+    for arithmetic, fused, compiled, channels_last in variants:
+        median, best, warm_up = time_steps(arithmetic, fused, compiled, args.batch, args.repeats, channels_last)
+        how = ("yes, NHWC" if channels_last else "yes") if compiled else "no"
+        print(f"{arithmetic:<11}{'fused' if fused else 'per-tensor':<11}{how:<16}"
               f"{median:9.3f}{best:8.3f}{warm_up:11.1f}", flush=True)
     return 0
 

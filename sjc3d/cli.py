@@ -184,6 +184,8 @@ def views_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Hub id, local folder or .ckpt."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
     guidance: float = typer.Option(3.0, "--guidance", help="Classifier-free guidance scale."),
+    guidance_min_t: int = typer.Option(0, "--guidance-min-t",
+                                       help="Guide only the DDIM steps with t >= this (0: every step; 100 for the toy prior)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs/views/<stem>/<time>)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default auto)."),
@@ -197,7 +199,7 @@ def views_cmd(
 
         views_command(image=image, azimuth=azimuth, elevation_delta=elevation_delta, radius_delta=radius_delta,
                       input_elevation=input_elevation, model=model, steps=steps, guidance=guidance, seed=seed,
-                      out=out, device=device, object_fraction=object_fraction)
+                      out=out, device=device, object_fraction=object_fraction, guidance_min_t=guidance_min_t)
 
     guarded(run)
 

@@ -113,6 +113,9 @@ class PriorConfig:
     vae_source: str = ""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 CUDA, fp32 CPU
     guidance_scale: float = 100.0  # reference run; `sjc3d views` uses its own (3)
+    # Guide only the noise levels with t ≥ this; below, the conditional score alone (0: every t, the
+    # reference run).  See Zero123Prior.predict_noise.
+    guidance_min_t: int = 0
 
 
 @dataclass
@@ -219,6 +222,7 @@ def _check(cfg: Config) -> None:
         ("render.n_samples", cfg.render.n_samples >= 2, "must be at least 2"),
         ("sjc.t_min", 0 <= cfg.sjc.t_min < cfg.sjc.t_max <= 999, "need 0 <= t_min < t_max <= 999"),
         ("sjc.n_views", cfg.sjc.n_views >= 1, "must be at least 1"),
+        ("prior.guidance_min_t", 0 <= cfg.prior.guidance_min_t <= 1000, "must be in [0, 1000] (0 guides every t)"),
         ("sjc.weight", cfg.sjc.weight >= 0, "must be >= 0"),
         ("train.steps", cfg.train.steps >= 0, "must be >= 0"),
         ("train.lr", cfg.train.lr > 0, "must be positive"),

@@ -240,7 +240,8 @@ def score_term(stage: Stage) -> tuple[Tensor, Stats, Views, Tensor]:
     y = to_model_space(stage.prior, views.render.features, cfg.field.output)
     draw = sjc.draw_noise(y, stage.prior.sigmas, cfg.sjc.t_min, cfg.sjc.t_max, stage.generator)
     pose = zero123_pose(stage.input_c2w, c2w)
-    denoised = stage.prior.denoise(draw.z, draw.sigma, pose, cfg.prior.guidance_scale).to(y.dtype)
+    denoised = stage.prior.denoise(draw.z, draw.sigma, pose, cfg.prior.guidance_scale,
+                                   guidance_min_t=cfg.prior.guidance_min_t).to(y.dtype)
     grad = sjc.clip_gradient(sjc.sjc_gradient(y, draw, denoised, cfg.sjc.variance_reduction), cfg.sjc.grad_clip)
     stats = {"sigma": draw.sigma.mean(), "score_norm": grad.norm() / math.sqrt(grad.numel())}
     return cfg.sjc.weight * sjc.chain_loss(y, grad), stats, views, torch.isfinite(denoised).all()

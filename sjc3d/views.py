@@ -57,7 +57,7 @@ def target_poses(azimuths: list[float], input_elevation: float, elevation_delta:
 
 @torch.no_grad()
 def sample_views(prior, poses: Tensor, steps: int, guidance: float, generator: torch.Generator, progress=None,
-                 eta: float = 0.0, guidance_rescale: float = 0.0) -> Tensor:
+                 eta: float = 0.0, guidance_rescale: float = 0.0, guidance_min_t: int = 0) -> Tensor:
     """DDIM samples of the conditioned prior for each pose: images [N, H, W, 3] in [0, 1].
 
     All views are denoised together: one UNet call of batch 2N per step (N when guidance is 1).
@@ -65,18 +65,22 @@ def sample_views(prior, poses: Tensor, steps: int, guidance: float, generator: t
     eta: DDIM's η, the share of the posterior's noise put back at each step: 0 is deterministic
         DDIM (Zero-1-to-3's sampler), 1 the DDPM ancestral step.
     guidance_rescale: φ of `rescale_guidance` (priors/zero123.py); 0 is plain guidance.
+    guidance_min_t: guidance only at the steps with t ≥ this (`limit_guidance`); 0 guides every step.
     """
     from diffusers import DDIMScheduler
 
-    # predict_noise returns ε whatever the UNet predicts, so the scheduler must read ε.
-    scheduler = DDIMScheduler.from_config(prior.scheduler_config, prediction_type="epsilon")
+    # predict_noise returns ε whatever the UNet predicts, so the scheduler must read ε.  The last step
+    # lands on the denoised latent (ᾱ = 1) rather than on ᾱ_0 < 1, which would leave √(1 − ᾱ_0) ≈ 3 %
+    # of the predicted noise in what is decoded (README, "Guidance interval").
+    scheduler = DDIMScheduler.from_config(prior.scheduler_config, prediction_type="epsilon", set_alpha_to_one=True)
     scheduler.set_timesteps(steps)
     n = poses.shape[0]
     h, w = prior.concat_latent.shape[-2:]
     latents = torch.randn((n, prior.n_channels, h, w), generator=generator) * scheduler.init_noise_sigma
     latents = latents.to(prior.device)
     for t in scheduler.timesteps:
-        eps = prior.predict_noise(latents, t.reshape(1).expand(n), poses, guidance, guidance_rescale=guidance_rescale)
+        eps = prior.predict_noise(latents, t.reshape(1).expand(n), poses, guidance, guidance_rescale=guidance_rescale,
+                                  guidance_min_t=guidance_min_t)
         latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
         if progress is not None:
             progress()
@@ -100,12 +104,14 @@ def default_out(image: Path) -> Path:
 
 def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delta: float, input_elevation: float,
                   model: Optional[str], steps: int, guidance: float, seed: int, out: Optional[Path],
-                  device: Optional[str], object_fraction: float = InputConfig.object_fraction) -> list[Path]:
+                  device: Optional[str], object_fraction: float = InputConfig.object_fraction,
+                  guidance_min_t: int = 0) -> list[Path]:
     """Sample the views, write one PNG per view plus grid.png (input + views); return the paths.
 
     out: the folder to write (default `default_out(image)`).
     object_fraction: how large the input is framed (`input.object_fraction`): as the model's
         training views were framed (200/256 for Zero-1-to-3; 0.56 for the shipped toy prior).
+    guidance_min_t: guidance only at the DDIM steps with t ≥ this (`sample_views`).
     """
     from sjc3d.image import load_input_view, resize_images, save_png
     from sjc3d.priors.zero123 import load_zero123
@@ -115,6 +121,8 @@ def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delt
         raise ConfigError(f"--steps {steps}: must be at least 1")
     if not math.isfinite(guidance):
         raise ConfigError(f"--guidance {guidance}: must be a finite number")
+    if not 0 <= guidance_min_t <= 1000:
+        raise ConfigError(f"--guidance-min-t {guidance_min_t}: must be in [0, 1000] (0 guides every step)")
     radius = CameraConfig().radius
     if radius + radius_delta <= 0:
         raise ConfigError(f"--radius-delta {radius_delta}: the camera would be at radius {radius + radius_delta:g} <= 0")
@@ -132,7 +140,8 @@ def views_command(image: Path, azimuth: str, elevation_delta: float, radius_delt
 
     bar = ProgressBar(steps, f"views ({len(azimuths)}×{steps} DDIM steps)")
     try:
-        images = sample_views(prior, poses, steps, guidance, torch.Generator().manual_seed(seed), progress=bar.advance).cpu()
+        images = sample_views(prior, poses, steps, guidance, torch.Generator().manual_seed(seed), progress=bar.advance,
+                              guidance_min_t=guidance_min_t).cpu()
     finally:
         bar.close()
 

@@ -104,6 +104,7 @@ def test_preset_by_name():
         ("train.steps=-1", "train.steps=-1: must be >= 0"),
         ("camera.fov_deg=200", "camera.fov_deg=200.0: must be in (0, 180)"),
         ("sjc.t_min=980", "sjc.t_min=980: need 0 <= t_min < t_max <= 999"),
+        ("prior.guidance_min_t=-5", "prior.guidance_min_t=-5: must be in [0, 1000]"),
         ("train", "not of the form key=value"),
     ],
 )

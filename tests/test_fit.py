@@ -162,9 +162,9 @@ def test_non_finite_score_stops_with_the_step_and_keeps_the_checkpoint(tmp_path,
     calls = {"n": 0}
     original = OraclePrior.denoise
 
-    def poisoned(self, z, sigma, pose, guidance_scale=1.0):
+    def poisoned(self, z, sigma, pose, guidance_scale=1.0, **options):
         calls["n"] += 1
-        out = original(self, z, sigma, pose, guidance_scale)
+        out = original(self, z, sigma, pose, guidance_scale, **options)
         return out * float("nan") if calls["n"] == 3 else out
 
     monkeypatch.setattr(OraclePrior, "denoise", poisoned)

@@ -89,7 +89,7 @@ def tiny_stage(*overrides: str):
     stage = build_stage(config, None)
     # A fixed "denoised" image (the input view) in place of the oracle, which reads poses on the host.
     target = stage.prior.encode(resize_images(stage.view.rgb[None], config.camera.resolution))
-    stage.prior.denoise = lambda z, sigma, pose, guidance_scale: target.expand_as(z)
+    stage.prior.denoise = lambda z, sigma, pose, guidance_scale, **options: target.expand_as(z)
     return stage
 
 
@@ -110,7 +110,7 @@ def test_a_step_syncs_only_where_the_renderer_compacts_and_reading_stats_once(co
 def test_non_finite_score_is_reported_at_its_first_step_and_its_update_dropped():
     stage = tiny_stage("render.skip_empty=false")
     fine = stage.prior.denoise
-    stage.prior.denoise = lambda z, *args: fine(z, *args) * float("nan") if step in (2, 3) else fine(z, *args)
+    stage.prior.denoise = lambda z, *args, **kw: fine(z, *args, **kw) * float("nan") if step in (2, 3) else fine(z, *args, **kw)
     for step in (1, 2, 3, 4):
         stats = train_step(stage, step)
         if step == 1:
@@ -135,13 +135,13 @@ def test_parameter_groups_give_the_grid_and_the_mlp_their_own_learning_rate():
 
 
 def test_the_model_sees_the_sampled_radius_and_the_near_views_are_offset(monkeypatch):
-    stage = tiny_stage()
+    stage = tiny_stage("prior.guidance_min_t=250")
     seen = {}
     fine = stage.prior.denoise
 
-    def spy(z, sigma, pose, guidance_scale):
-        seen["pose"] = pose
-        return fine(z, sigma, pose, guidance_scale)
+    def spy(z, sigma, pose, guidance_scale, **options):
+        seen["pose"], seen["options"] = pose, options
+        return fine(z, sigma, pose, guidance_scale, **options)
 
     stage.prior.denoise = spy
     import sjc3d.step as step_module
@@ -158,6 +158,7 @@ def test_the_model_sees_the_sampled_radius_and_the_near_views_are_offset(monkeyp
         train_step(stage, step)
         _, _, radius = c2w_to_spherical(seen["c2w"])
         assert torch.allclose(seen["pose"][:, 3], radius - 2.0, atol=1e-5)  # Δradius reaches the model
+        assert seen["options"] == {"guidance_min_t": 250}  # and so does the guidance interval
         radii.append(radius)
         gap = (seen["near"][:, :3, 3] - seen["c2w"][:, :3, 3]).norm(dim=-1)
         assert torch.allclose(gap, torch.full_like(gap, 0.05), atol=1e-5)

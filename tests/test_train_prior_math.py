@@ -187,6 +187,35 @@ def test_adamw_takes_the_configured_beta2_and_the_config_rejects_one_outside_0_1
         load_training_config("toy", ["diffusion.adam_beta2=1"])
 
 
+@pytest.mark.parametrize("saved_layout, resumed_layout", [
+    (torch.contiguous_format, torch.channels_last),  # a compiled run resumes a plain run's checkpoint
+    (torch.channels_last, torch.contiguous_format),  # and the other way round
+])
+def test_a_resumed_optimizer_state_takes_its_parameters_memory_layout(saved_layout, resumed_layout):
+    """Fused AdamW walks weights, gradients and moments as flat memory: a resumed step must update
+    each element as if the run had never stopped, whatever layout each side's weights had."""
+    from sjc3d.train_prior.loop import adamw, load_optimizer_state
+
+    torch.manual_seed(0)
+    weight, first, second = torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3), torch.randn(8, 4, 3, 3)
+    cpu = torch.device("cpu")
+
+    def two_steps(layout_before: torch.memory_format, layout_after: torch.memory_format) -> torch.Tensor:
+        p = torch.nn.Parameter(weight.clone(memory_format=layout_before))
+        optimizer = adamw([p], 1e-2, 0.0, cpu)
+        p.grad = first.clone(memory_format=layout_before)  # autograd gives gradients the weight's layout
+        optimizer.step()
+        q = torch.nn.Parameter(p.detach().clone(memory_format=layout_after))
+        resumed = adamw([q], 1e-2, 0.0, cpu)
+        load_optimizer_state(resumed, optimizer.state_dict())
+        q.grad = second.clone(memory_format=layout_after)
+        resumed.step()
+        return q.detach().contiguous()
+
+    uninterrupted = two_steps(torch.contiguous_format, torch.contiguous_format)
+    torch.testing.assert_close(two_steps(saved_layout, resumed_layout), uninterrupted)
+
+
 def test_the_cosine_schedule_warms_up_halves_midway_and_ends_at_zero():
     total, warmup = 1000, 100
     scale = [dm.learning_rate_scale(step, warmup, "cosine", total) for step in range(total)]

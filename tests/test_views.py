@@ -99,6 +99,24 @@ def test_eta_puts_seeded_noise_back_and_zero_is_plain_ddim(tiny_zero123_prior):
     assert not torch.allclose(ancestral, sample(1.0, seed=4), atol=1e-3)
 
 
+def test_guidance_min_t_guides_only_the_early_steps(tiny_zero123_prior):
+    """Steps with t below guidance_min_t are unguided: above every step's t it is guidance 1, at 0 plain guidance."""
+    from sjc3d.views import sample_views
+
+    prior = tiny_zero123_prior
+    prior.condition(torch.full((64, 64, 3), 0.5), 0.0, 2.0)
+    poses = target_poses([30.0, 90.0], 0.0, 0.0, 2.0, 0.0)
+
+    def sample(guidance: float, min_t: int = 0) -> torch.Tensor:
+        return sample_views(prior, poses, 4, guidance, torch.Generator().manual_seed(3), guidance_min_t=min_t)
+
+    guided, unguided = sample(5.0), sample(1.0)
+    assert torch.equal(sample(5.0, 0), sample_views(prior, poses, 4, 5.0, torch.Generator().manual_seed(3)))
+    assert torch.equal(sample(5.0, 1000), unguided)  # 4 steps: t = 751, 501, 251, 1
+    limited = sample(5.0, 300)  # guided at 751 and 501 only
+    assert not torch.allclose(limited, guided, atol=1e-4) and not torch.allclose(limited, unguided, atol=1e-4)
+
+
 def test_views_cli_runs_on_a_tiny_model(object_png, tiny_zero123, tmp_path):
     from typer.testing import CliRunner
 
@@ -129,6 +147,7 @@ def test_views_cli_writes_under_outputs_views_by_default(object_png, tiny_zero12
     (dict(azimuth="left"), "--azimuth"),
     (dict(steps=0), "--steps"),
     (dict(radius_delta=-5.0), "--radius-delta"),
+    (dict(guidance_min_t=-1), "--guidance-min-t"),
 ])
 def test_views_rejects_bad_options(object_png, tiny_zero123, tmp_path, args, match):
     from sjc3d.views import views_command
@@ -154,9 +173,24 @@ def test_a_v_model_samples_with_the_epsilon_its_prior_returns(tiny_zero123_prior
     poses = target_poses([30.0, 90.0], 0.0, 0.0, 2.0, 0.0)
     sampled = sample_views(prior, poses, 3, 3.0, torch.Generator().manual_seed(5))
 
-    scheduler = DDIMScheduler.from_config({**prior.scheduler_config, "prediction_type": "epsilon"})
+    scheduler = DDIMScheduler.from_config({**prior.scheduler_config, "prediction_type": "epsilon", "set_alpha_to_one": True})
     scheduler.set_timesteps(3)
     x = torch.randn((2, prior.n_channels, *prior.concat_latent.shape[-2:]), generator=torch.Generator().manual_seed(5))
     for t in scheduler.timesteps:
         x = scheduler.step(prior.predict_noise(x, t.reshape(1).expand(2), poses, 3.0), t, x).prev_sample
     torch.testing.assert_close(sampled, prior.decode(x))
+
+
+def test_the_last_ddim_step_returns_the_denoised_latent(tiny_zero123_prior):
+    """One DDIM step (t = 1) from noise x: the decoded x̂0 = (x − √(1 − ᾱ_1)·ε̂)/√ᾱ_1, with no noise put back."""
+    from sjc3d.views import sample_views
+
+    prior = tiny_zero123_prior
+    prior.condition(torch.full((64, 64, 3), 0.5), 0.0, 2.0)
+    poses = target_poses([30.0, 90.0], 0.0, 0.0, 2.0, 0.0)
+    sampled = sample_views(prior, poses, 1, 3.0, torch.Generator().manual_seed(2))
+    x = torch.randn((2, prior.n_channels, *prior.concat_latent.shape[-2:]), generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([1, 1])
+    a = float(prior.alphas_cumprod[1])
+    x0 = (x - math.sqrt(1 - a) * prior.predict_noise(x, t, poses, 3.0)) / math.sqrt(a)
+    torch.testing.assert_close(sampled, prior.decode(x0), rtol=1e-4, atol=1e-4)

@@ -110,6 +110,25 @@ def test_guidance_rescale_gives_the_guided_prediction_the_conditional_spread(pri
                                0.7 * full + 0.3 * guided, rtol=1e-4, atol=1e-4)
 
 
+def test_guidance_below_its_min_t_is_the_conditional_prediction(prior):
+    """guidance_min_t: rows with t ≥ it are guided, the others are the conditional ε alone."""
+    torch.manual_seed(6)
+    x, t, pose, s = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 990]), _poses(), 7.0
+    eps_c = prior.predict_noise(x, t, pose, 1.0)
+    guided = prior.predict_noise(x, t, pose, s)
+    limited = prior.predict_noise(x, t, pose, s, guidance_min_t=500)
+    torch.testing.assert_close(limited[0], eps_c[0], rtol=1e-4, atol=1e-4)  # t = 10 < 500
+    torch.testing.assert_close(limited[1:], guided[1:], rtol=1e-4, atol=1e-4)  # t = 500, 990
+    assert not torch.allclose(guided[0], eps_c[0], atol=1e-3)  # so the first check can fail
+    torch.testing.assert_close(prior.predict_noise(x, t, pose, s, guidance_min_t=0), guided, rtol=0, atol=0)
+    # no row guided: the unconditional branch is not even run, exactly the s = 1 prediction
+    torch.testing.assert_close(prior.predict_noise(x, t, pose, s, guidance_min_t=1000), eps_c, rtol=0, atol=0)
+    # the VE denoiser passes it on
+    sigma = prior.sigmas[t]
+    torch.testing.assert_close(prior.denoise(x, sigma, pose, s, guidance_min_t=1000), prior.denoise(x, sigma, pose, 1.0),
+                               rtol=0, atol=0)
+
+
 def test_denoiser_is_the_ve_form_of_the_guided_prediction(prior):
     torch.manual_seed(2)
     z, pose, s = torch.randn(3, 4, 8, 8) * 3, _poses(), 3.0

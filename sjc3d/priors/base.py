@@ -27,12 +27,13 @@ class Prior(Protocol):
         elevation_deg, radius: the input camera (azimuth 0 by convention).
         """
 
-    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float) -> Tensor:
+    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float, guidance_min_t: int = 0) -> Tensor:
         """D(z, σ) for a batch of target views.
 
         z:     [B, C, h, w] noisy sample in model space.
         sigma: [B] VE noise levels (each one of `sigmas`, or in their range).
         pose:  [B, 4] `cameras.zero123_pose(input_c2w, target_c2w)` of each target view.
+        guidance_min_t: guidance only at timesteps t ≥ this (0: at every t).
         Returns [B, C, h, w]; no gradient flows through it.
         """
 

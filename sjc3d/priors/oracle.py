@@ -179,8 +179,9 @@ class OraclePrior:
         self.input_radius = radius
 
     @torch.no_grad()
-    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float = 1.0) -> Tensor:
-        """The true view at each pose, in model space at z's resolution, whatever z and σ are."""
+    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float = 1.0,
+                guidance_min_t: int = 0) -> Tensor:
+        """The true view at each pose, in model space at z's resolution, whatever z, σ and guidance are."""
         size = z.shape[-1] * self.latent_factor
         views = [self.render(camera_from_pose(p, self.input_polar, self.input_radius), size).rgb for p in pose.cpu()]
         return self.encode(torch.stack(views).to(self.device)).to(z.dtype)

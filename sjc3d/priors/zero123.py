@@ -94,6 +94,17 @@ def rescale_guidance(guided: Tensor, conditional: Tensor, phi: float) -> Tensor:
     return phi * rescaled + (1 - phi) * guided
 
 
+def limit_guidance(guided: Tensor, conditional: Tensor, keep: Tensor) -> Tensor:
+    """The guided prediction where `keep` [B] is true, the conditional one elsewhere.
+
+    Guidance in a limited interval (Kynkäänniemi et al. 2024): at low noise the difference ε_c − ε_u
+    is fine detail, and s times it paints speckle on a flat background and over-saturates
+    colours; the shape is set at high noise, where guidance is kept (README, "Guidance interval").
+    guided, conditional: [B, c, h, w].
+    """
+    return torch.where(keep.view(-1, *([1] * (guided.dim() - 1))), guided, conditional)
+
+
 def stable_pose(pose: Tensor, input_polar: float) -> Tensor:
     """Stable Zero123 embedding: the 4th entry becomes the input view's polar angle (radians)."""
     pose = pose.clone()
@@ -182,20 +193,24 @@ class Zero123Prior:
 
     @torch.no_grad()
     def predict_noise(self, x: Tensor, t: Tensor, pose: Tensor, guidance_scale: float,
-                      guidance_rescale: float = 0.0) -> Tensor:
+                      guidance_rescale: float = 0.0, guidance_min_t: int = 0) -> Tensor:
         """Guided ε̂(x, t) [B, 4, h, w] float32 at the DDPM scale (x = √ᾱ·y + √(1−ᾱ)·n).
 
         x: [B, 4, h, w] scaled latents; t: [B] integer timesteps; pose: [B, 4].
         One UNet call of batch 2B for guidance (B when the scale is 1: ε_u is not needed).
         guidance_rescale: φ of `rescale_guidance`, applied to the model's own output (ε or v) as
             diffusers does; 0 (the default, and Zero-1-to-3's) leaves plain guidance.
+        guidance_min_t: guide only the samples with t ≥ this; below it the conditional prediction
+            alone (scale 1), see `limit_guidance`.  0 (the default, and Zero-1-to-3's) guides every t.
         """
         context = self.context(pose)
         n = x.shape[0]
         concat = self.concat_latent.to(self.dtype).expand(n, -1, -1, -1)
         x = x.to(self.device, self.dtype)
         t = t.to(self.device).reshape(-1).expand(n)
-        if guidance_scale == 1.0:
+        guided = t >= guidance_min_t  # [B] bool
+        # (reading `guided` back waits for the device: only when an interval is asked for)
+        if guidance_scale == 1.0 or (guidance_min_t > 0 and not bool(guided.any())):
             out = self.unet(torch.cat([x, concat], dim=1), t, encoder_hidden_states=context).sample.float()
         else:
             sample = torch.cat([torch.cat([x, torch.zeros_like(concat)], dim=1), torch.cat([x, concat], dim=1)])
@@ -203,6 +218,8 @@ class Zero123Prior:
             out_uncond, out_cond = self.unet(sample, torch.cat([t, t]), encoder_hidden_states=contexts).sample.float().chunk(2)
             out = guide(out_uncond, out_cond, guidance_scale)  # in float32: s = 100 amplifies fp16 error
             out = rescale_guidance(out, out_cond, guidance_rescale)
+            if guidance_min_t > 0:
+                out = limit_guidance(out, out_cond, guided)
         if self.prediction_type == "v_prediction":
             # ε is affine in v with weights shared by both branches, so guiding v then converting is
             # guiding ε.
@@ -210,17 +227,19 @@ class Zero123Prior:
         return out
 
     @torch.no_grad()
-    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float) -> Tensor:
+    def denoise(self, z: Tensor, sigma: Tensor, pose: Tensor, guidance_scale: float, guidance_min_t: int = 0) -> Tensor:
         """D(z, σ) = z − σ_t·ε̂(z/sqrt(1+σ_t²), t), σ_t the schedule level nearest to σ.
 
         z: [B, 4, h, w] noisy scaled latents; sigma: [B] (or a scalar); pose: [B, 4].
+        guidance_min_t: as in `predict_noise`, of the snapped timestep t(σ).
         """
         z = z.to(self.device, torch.float32)
         n = z.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).reshape(-1).expand(n)
         t = nearest_timestep(sigma, self.sigmas)
         sigma_t = self.sigmas[t].view(n, 1, 1, 1)
-        eps = self.predict_noise(z / torch.sqrt(1.0 + sigma_t**2), t, pose, guidance_scale)
+        eps = self.predict_noise(z / torch.sqrt(1.0 + sigma_t**2), t, pose, guidance_scale,
+                                 guidance_min_t=guidance_min_t)
         return z - sigma_t * eps
 
     # -- the autoencoder ---------------------------------------------------------------------

@@ -134,6 +134,21 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device, beta2: f
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay, fused=fused or None)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, each moment laid out in memory as its parameter is.
+
+    A checkpoint written by a run whose weights were channels-last (`diffusion.compile`) holds
+    channels-last moments, and one from a plain run contiguous ones; torch's fused AdamW walks
+    parameter, gradient and moments as flat memory, so a moment laid out unlike its parameter is
+    silently applied to the wrong elements.
+    """
+    optimizer.load_state_dict(state)
+    for param, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                moments[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def autocast(device: torch.device, arithmetic: str):
     """A stage's forward-pass context: bf16 autocast when `arithmetic` is "bf16", else float32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=arithmetic == "bf16")
@@ -238,7 +253,7 @@ class PriorTrainer:
         start = 0
         if resume is not None:
             self.parts.vae.load_state_dict(resume["vae"])
-            optimizer.load_state_dict(resume["optimizer"])
+            load_optimizer_state(optimizer, resume["optimizer"])
             start = int(resume["step"])
         objective, optimizer = acc.prepare(objective, optimizer)
         train_views = self.views.views_of(self.train_objects)
@@ -286,9 +301,11 @@ class PriorTrainer:
 
     def freeze_autoencoder(self, measure_scale: bool) -> None:
         """Freeze the VAE, cache every view's latent, and (new models) set its scaling factor."""
-        vae = self.parts.vae.to(self.accelerator.device).eval().requires_grad_(False)
+        device = self.accelerator.device
+        vae = self.parts.vae.to(device).eval().requires_grad_(False)
         images = self.views.model_input(torch.arange(len(self.views.images)))
-        self.latents = ae.latent_means(vae, images.to(self.accelerator.device)).cpu()
+        with autocast(device, self.cfg.autoencoder.autocast):  # the stage's own arithmetic (bf16: 2.2x faster)
+            self.latents = ae.latent_means(vae, images.to(device)).cpu()
         if measure_scale:
             train_latents = self.latents[self.views.views_of(self.train_objects)]
             vae.register_to_config(scaling_factor=ae.scaling_factor(train_latents))
@@ -299,6 +316,10 @@ class PriorTrainer:
         cfg, acc, parts = self.cfg.diffusion, self.accelerator, self.parts
         parts.image_encoder.requires_grad_(cfg.train_image_encoder)
         denoiser = ConditionedDenoiser(parts, cfg.null_context).to(acc.device).train()
+        if cfg.compile:
+            # Channels-last (NHWC) weights: the compiled step is ~10 % faster with them (README,
+            # "Training time").  The EMA copy inherits the layout; the exported weights are contiguous.
+            denoiser = denoiser.to(memory_format=torch.channels_last)
         trainable = [p for p in denoiser.parameters() if p.requires_grad]
         optimizer = adamw(trainable, cfg.lr, cfg.weight_decay, acc.device, cfg.adam_beta2)
         self.ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
@@ -306,7 +327,7 @@ class PriorTrainer:
         if resume is not None and resume["stage"] == "diffusion":
             denoiser.load_state_dict(resume["denoiser"])
             self.ema.load_state_dict(resume["ema"])
-            optimizer.load_state_dict(resume["optimizer"])
+            load_optimizer_state(optimizer, resume["optimizer"])
             start = int(resume["step"])
         ema_params = [p for p in self.ema.parameters()]
         live_params = [p for p in denoiser.parameters()]
