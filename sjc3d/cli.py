@@ -185,7 +185,7 @@ def views_cmd(
     steps: int = typer.Option(50, "--steps", help="DDIM steps."),
     guidance: float = typer.Option(3.0, "--guidance", help="Classifier-free guidance scale."),
     guidance_min_t: int = typer.Option(0, "--guidance-min-t",
-                                       help="Guide only the DDIM steps with t >= this (0: every step; 100 for the toy prior)."),
+                                       help="Guide only the DDIM steps with t >= this (0: every step, as Zero-1-to-3)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default outputs/views/<stem>/<time>)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda ... (default auto)."),

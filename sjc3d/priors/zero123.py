@@ -208,9 +208,10 @@ class Zero123Prior:
         concat = self.concat_latent.to(self.dtype).expand(n, -1, -1, -1)
         x = x.to(self.device, self.dtype)
         t = t.to(self.device).reshape(-1).expand(n)
-        guided = t >= guidance_min_t  # [B] bool
-        # (reading `guided` back waits for the device: only when an interval is asked for)
-        if guidance_scale == 1.0 or (guidance_min_t > 0 and not bool(guided.any())):
+        # With an interval, the rows to guide ([B] bool); reading it back waits for the device, so
+        # the default (every t) neither builds nor reads it.
+        guided = t >= guidance_min_t if guidance_min_t > 0 else None
+        if guidance_scale == 1.0 or (guided is not None and not bool(guided.any())):
             out = self.unet(torch.cat([x, concat], dim=1), t, encoder_hidden_states=context).sample.float()
         else:
             sample = torch.cat([torch.cat([x, torch.zeros_like(concat)], dim=1), torch.cat([x, concat], dim=1)])
@@ -218,7 +219,7 @@ class Zero123Prior:
             out_uncond, out_cond = self.unet(sample, torch.cat([t, t]), encoder_hidden_states=contexts).sample.float().chunk(2)
             out = guide(out_uncond, out_cond, guidance_scale)  # in float32: s = 100 amplifies fp16 error
             out = rescale_guidance(out, out_cond, guidance_rescale)
-            if guidance_min_t > 0:
+            if guided is not None:
                 out = limit_guidance(out, out_cond, guided)
         if self.prediction_type == "v_prediction":
             # ε is affine in v with weights shared by both branches, so guiding v then converting is
