@@ -18,7 +18,9 @@ SSIM split into the windows that see only the true background and those that see
 Baseline: "copy the input", the input view returned unchanged for every pose.  And each method's
 PSNR against the input view itself, per pose: the true views are as far from the input as the copy
 row's PSNR; a prior that ignores the pose returns its input and lands far above that (a blurred copy
-can beat "copy the input" on PSNR and SSIM, so both tables are needed; README, "copying").
+can beat "copy the input" on PSNR and SSIM, so both tables are needed; README, "copying").  And the
+silhouette IoU against the true view, per pose: the outline alone, blind to colour and shading; the
+copy row says how much the outline moves, a prior that turns the object scores above it.
 
 3D.  `fit` + export with the preset (default `learned-cpu`) for each variant — by default the
 prior against the same fit with the score switched off (`sjc.weight=0`: reference-view losses
@@ -86,6 +88,20 @@ def error_split(image: torch.Tensor, truth: torch.Tensor, on_object: torch.Tenso
             "se_background": float(error[~on_object].sum() / error.numel())}
 
 
+def silhouette(image: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """[H, W] bool: the pixels of a view on white [H, W, 3] that are not background (some channel
+    darker than white by more than `threshold`, so faint haze from the decoder does not count)."""
+    return (1 - image).amax(-1) > threshold
+
+
+def silhouette_iou(image: torch.Tensor, truth: torch.Tensor) -> float:
+    """Intersection over union of two views' silhouettes ([H, W, 3] each on white): the shape and
+    place of the object, blind to its colours and shading (NaN if both are empty)."""
+    a, b = silhouette(image), silhouette(truth)
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else math.nan
+
+
 def ssim_split(image: torch.Tensor, truth: torch.Tensor, touched: torch.Tensor) -> dict:
     """The image's SSIM against the truth ([H, W, 3] each) and its split by window: "ssim" the mean
     over all windows, "ssim_background" over the windows that see only background (no pixel of
@@ -121,7 +137,8 @@ def views_part(model: str, objects, guidances: list[float], seeds: int, steps: i
 
         def scores(view: torch.Tensor, j: int) -> dict:
             return {"psnr": psnr(view, truth[j]), **ssim_split(view, truth[j], touched[j]),
-                    **error_split(view, truth[j], on_object[j]), "psnr_to_input": psnr(view, image)}
+                    **error_split(view, truth[j], on_object[j]), "psnr_to_input": psnr(view, image),
+                    "silhouette_iou": silhouette_iou(view, truth[j])}
 
         for j in range(len(TARGETS)):
             rows.append({"object": k, "pose": j, "method": "copy-input", **scores(image, j)})
@@ -157,6 +174,7 @@ def print_views(rows: list[dict]) -> None:
         print(f"{method:<14}{on_object:8.4f} + {background:.4f}   ({-10 * math.log10(on_object + background):.2f} dB; "
               f"true background pasted in: {-10 * math.log10(on_object):.2f} dB)")
     print_copying(rows)
+    print_silhouettes(rows)
     print("\nSSIM, mean over the windows that see only the true background | over those that see the object")
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -184,6 +202,19 @@ def print_copying(rows: list[dict]) -> None:
         mine = [r for r in rows if r["method"] == method]
         cells = [statistics.mean(r["psnr_to_input"] for r in mine if r["pose"] == j) for j in range(len(TARGETS))]
         print(f"{method:<14}" + "".join(f"  {v:13.2f}" for v in cells) + f"  {statistics.mean(r['psnr_to_input'] for r in mine):13.2f}")
+
+
+def print_silhouettes(rows: list[dict]) -> None:
+    """Silhouette IoU against the true view, per pose: does the view put the object's outline where
+    the camera would see it?  The copy row is how far the outline moves between the input and the
+    true view; a prior that turns the object scores above it, one that copies scores it."""
+    if "silhouette_iou" not in rows[0]:
+        return
+    print("\nsilhouette IoU against the true view, per pose (the copy row: how much the outline moves)")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        cells = [nan_mean(r["silhouette_iou"] for r in mine if r["pose"] == j) for j in range(len(TARGETS))]
+        print(f"{method:<14}" + "".join(f"  {v:13.3f}" for v in cells) + f"  {nan_mean(r['silhouette_iou'] for r in mine):13.3f}")
 
 
 def nan_mean(values) -> float:

@@ -379,3 +379,32 @@ def test_the_context_reaches_the_resnets_through_the_time_embedding():
 
     assert output_change() == 0.0
     assert output_change(unet_context_to_time=True) > 1e-3
+
+
+def test_film_scales_each_resnets_features_by_the_time_embedding():
+    """`model.unet_film`: every ResNet block's timestep projection gives a scale and a shift per
+    channel (twice the channels; diffusers' "scale_shift" norm) instead of one bias, and the
+    embedding still changes the block's output."""
+    from diffusers import UNet2DConditionModel
+
+    from sjc3d.train_prior.config import ModelConfig
+    from sjc3d.train_prior.model import unet_config
+
+    def first_resnet(**options):
+        cfg = ModelConfig(image_size=16, vae_channels=(8, 8), unet_channels=(16, 16), unet_cross_attention=(False, True),
+                          embedding_dim=16, unet_context_to_time=True, **options)
+        torch.manual_seed(0)
+        return UNet2DConditionModel(**unet_config(cfg)).eval().down_blocks[0].resnets[0]
+
+    def embedding_effect(resnet) -> float:
+        """How much changing the time embedding changes the block's output on fixed features."""
+        x = torch.randn(1, 16, 8, 8)
+        with torch.no_grad():
+            a = resnet(x, torch.zeros(1, resnet.time_emb_proj.in_features))
+            b = resnet(x, 3 * torch.ones(1, resnet.time_emb_proj.in_features))
+        return float((a - b).abs().mean())
+
+    film, bias = first_resnet(unet_film=True), first_resnet()
+    assert film.time_emb_proj.out_features == 2 * 16 and bias.time_emb_proj.out_features == 16
+    assert film.time_embedding_norm == "scale_shift" and bias.time_embedding_norm == "default"
+    assert embedding_effect(film) > 1e-3

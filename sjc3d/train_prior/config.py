@@ -57,6 +57,12 @@ class ModelConfig:
     # the cross-attention levels.  Off: on the toy it lost 1.1 dB of novel-view PSNR at 1,500 steps
     # (README, "recipe A/Bs").
     unet_context_to_time: bool = False
+    # FiLM: every ResNet block scales and shifts its normalised features by the timestep embedding
+    # (diffusers' resnet_time_scale_shift="scale_shift") instead of adding it as a bias.  With
+    # `unet_context_to_time` the pose can then gate, at every resolution, the skip features that
+    # carry the input view into the decoder.  Off: on the toy, with `unet_context_to_time`, its
+    # views follow the pose more but are no closer to the truth (README, "Letting the pose gate").
+    unet_film: bool = False
     embedding_dim: int = 128  # image embedding = cross-attention width (the real model: 768)
     clip_width: int = 128
     clip_layers: int = 3

@@ -89,11 +89,14 @@ def context_in_time_embedding(cfg: ModelConfig) -> dict:
     diffusers' `addition_embed_type="text"` pools the context (`TextTimeEmbedding`) and adds it
     to the timestep embedding, which every ResNet block adds to its features.  The UNet is still
     called as Zero-1-to-3's is, `unet(x, t, encoder_hidden_states=context)`: no loader or prior
-    changes.
+    changes.  `unet_film` makes each block's use of that embedding multiplicative (FiLM: the
+    normalised features times 1 + scale, plus shift), so the pose can switch features off, e.g. the
+    input view's skip features when the camera turns.
     """
-    if not cfg.unet_context_to_time:
-        return {}
-    return dict(addition_embed_type="text", addition_embed_type_num_heads=cfg.embedding_dim // cfg.attention_head_dim)
+    options = dict(resnet_time_scale_shift="scale_shift") if cfg.unet_film else {}
+    if cfg.unet_context_to_time:
+        options.update(addition_embed_type="text", addition_embed_type_num_heads=cfg.embedding_dim // cfg.attention_head_dim)
+    return options
 
 
 def norm_groups(channels: tuple[int, ...], per_group: int) -> int:
