@@ -19,8 +19,8 @@ Baseline: "copy the input", the input view returned unchanged for every pose.  A
 PSNR against the input view itself, per pose: the true views are as far from the input as the copy
 row's PSNR; a prior that ignores the pose returns its input and lands far above that (a blurred copy
 can beat "copy the input" on PSNR and SSIM, so both tables are needed; README, "copying").  And the
-silhouette IoU against the true view, per pose: the outline alone, blind to colour and shading; the
-copy row says how much the outline moves, a prior that turns the object scores above it.
+silhouette IoU against the true view, per pose: the outline alone, blind to colour and shading.  The
+copy row says how much the outline moves; a prior that draws it where the camera sees it scores above.
 
 3D.  `fit` + export with the preset (default `learned-cpu`) for each variant — by default the
 prior against the same fit with the score switched off (`sjc.weight=0`: reference-view losses
@@ -207,7 +207,7 @@ def print_copying(rows: list[dict]) -> None:
 def print_silhouettes(rows: list[dict]) -> None:
     """Silhouette IoU against the true view, per pose: does the view put the object's outline where
     the camera would see it?  The copy row is how far the outline moves between the input and the
-    true view; a prior that turns the object scores above it, one that copies scores it."""
+    true view; a prior that draws the outline right scores above it, one that copies scores it."""
     if "silhouette_iou" not in rows[0]:
         return
     print("\nsilhouette IoU against the true view, per pose (the copy row: how much the outline moves)")

@@ -77,12 +77,12 @@ def unet_config(cfg: ModelConfig) -> dict:
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=cfg.unet_layers,
         cross_attention_dim=cfg.embedding_dim, attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=norm_groups(cfg.unet_channels, cfg.unet_channels_per_group),
-        **context_in_time_embedding(cfg),
+        **time_embedding_options(cfg),
     )
 
 
-def context_in_time_embedding(cfg: ModelConfig) -> dict:
-    """UNet options that also feed the context to every ResNet block through the timestep embedding.
+def time_embedding_options(cfg: ModelConfig) -> dict:
+    """UNet options for the timestep embedding: the context added to it, and FiLM.
 
     A single-token cross-attention only shifts the features of the levels that have it (the
     toy: the lowest, 4²), so the pose reaches the 16² and 8² features only through upsampling.
