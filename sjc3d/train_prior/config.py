@@ -1,10 +1,11 @@
 """Configuration of `sjc3d train-prior`, built like the fit's (sjc3d/config.py): defaults ←
 `configs/prior/<name>.yaml` ← `key=value` overrides, every key and value checked.
 
-The defaults describe the shipped toy model (`configs/prior/toy.yaml` only names them): 64²
-views of procedural objects, a factor-4 autoencoder (16² latents), a 5.6 M-parameter UNet with
-attention at its lowest level only, and a small CLIP-style image encoder trained with it — the
-sizes that train in under an hour on two CPU cores (../shared/notes/learned-prior-sizing.md).
+The defaults are the shipped toy model's sizes (`configs/prior/toy.yaml` names them, and sets the
+recipe where it differs from the original's): 64² views of procedural objects, a factor-4
+autoencoder (16² latents), a 5.6 M-parameter UNet with attention at its lowest level only, and a
+small CLIP-style image encoder trained with it — the sizes that train in under an hour on two CPU
+cores (../shared/notes/learned-prior-sizing.md).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class ModelConfig:
     # The context (image embedding + pose) also added to the timestep embedding (diffusers'
     # addition_embed_type="text"), so it reaches every ResNet block at every resolution, not only
     # the cross-attention levels.  Off: on the toy it lost 1.1 dB of novel-view PSNR at 1,500 steps
-    # (README, "recipe A/Bs").
+    # (README, "recipe A/Bs").  With FiLM and v-prediction, one run made the views most accurate for
+    # their distance from the input; a second run did not repeat it (README, "v-prediction with FiLM, twice").
     unet_context_to_time: bool = False
     # FiLM: every ResNet block scales and shifts its normalised features by the timestep embedding
     # (diffusers' resnet_time_scale_shift="scale_shift") instead of adding it as a bias.  With
