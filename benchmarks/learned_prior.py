@@ -21,6 +21,10 @@ row's PSNR; a prior that ignores the pose returns its input and lands far above 
 can beat "copy the input" on PSNR and SSIM, so both tables are needed; README, "copying").  And the
 silhouette IoU against the true view, per pose: the outline alone, blind to colour and shading.  The
 copy row says how much the outline moves; a prior that draws it where the camera sees it scores above.
+`--sample-mean` also scores the per-pixel mean of each view's `--seeds` samples: a diagnostic,
+not a sample.  A sample of even a perfect model errs by twice its distribution's variance, the
+distribution's mean by once, so the mean row says how much of a sample's error is the model's
+uncertainty and how much is a distribution centred in the wrong place.
 
 3D.  `fit` + export with the preset (default `learned-cpu`) for each variant — by default the
 prior against the same fit with the score switched off (`sjc.weight=0`: reference-view losses
@@ -118,7 +122,10 @@ def ssim_split(image: torch.Tensor, truth: torch.Tensor, touched: torch.Tensor) 
 
 
 def views_part(model: str, objects, guidances: list[float], seeds: int, steps: int, eta: float = 0.0,
-               guidance_rescale: float = 0.0, guidance_min_t: int = 0) -> list[dict]:
+               guidance_rescale: float = 0.0, guidance_min_t: int = 0, sample_mean: bool = False) -> list[dict]:
+    """Score rows, one per (object, pose, method, seed); `sample_mean` adds, per guidance, the per-pixel
+    mean of the seeds' samples of each view (method "prior gG avgN"): not a sample but an estimate of
+    the mean of the model's distribution, the view a PSNR-optimal predictor would return (module doc)."""
     from sjc3d.views import sample_views
 
     prior = load_prior(model)
@@ -143,13 +150,19 @@ def views_part(model: str, objects, guidances: list[float], seeds: int, steps: i
         for j in range(len(TARGETS)):
             rows.append({"object": k, "pose": j, "method": "copy-input", **scores(image, j)})
         for guidance in guidances:
+            drawn = []
             for seed in range(seeds):
                 generator = torch.Generator().manual_seed(1000 * k + seed)
                 samples = sample_views(prior, poses, steps, guidance, generator, eta=eta,
                                        guidance_rescale=guidance_rescale, guidance_min_t=guidance_min_t).cpu()
+                drawn.append(samples)
                 for j in range(len(TARGETS)):
                     rows.append({"object": k, "pose": j, "method": f"prior g{guidance:g}", "seed": seed,
                                  **scores(samples[j], j)})
+            if sample_mean:
+                mean = torch.stack(drawn).mean(0)
+                for j in range(len(TARGETS)):
+                    rows.append({"object": k, "pose": j, "method": f"prior g{guidance:g} avg{seeds}", **scores(mean[j], j)})
         print(f"views: object {k} done", flush=True)
     return rows
 
@@ -317,6 +330,8 @@ def main() -> int:
                         help="novel views: φ of the guidance rescale (0 plain guidance)")
     parser.add_argument("--guidance-min-t", type=int, default=0,
                         help="novel views: guide only the DDIM steps with t >= this (0 every step)")
+    parser.add_argument("--sample-mean", action="store_true",
+                        help="novel views: also score the per-pixel mean of the --seeds samples of each view")
     parser.add_argument("--preset", default="learned-cpu")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps of the fits")
     parser.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME [KEY=VALUE]",
@@ -332,7 +347,7 @@ def main() -> int:
     results: dict = {"model": args.model, "objects": args.objects}
     if args.part in ("views", "both"):
         results["views"] = views_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps, args.eta,
-                                      args.guidance_rescale, args.guidance_min_t)
+                                      args.guidance_rescale, args.guidance_min_t, args.sample_mean)
         print_views(results["views"])
     if args.part == "identity":
         results["identity"] = identity_part(args.model, objects, args.guidance, args.seeds, args.ddim_steps)

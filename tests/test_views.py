@@ -173,7 +173,7 @@ def test_a_v_model_samples_with_the_epsilon_its_prior_returns(tiny_zero123_prior
     poses = target_poses([30.0, 90.0], 0.0, 0.0, 2.0, 0.0)
     sampled = sample_views(prior, poses, 3, 3.0, torch.Generator().manual_seed(5))
 
-    scheduler = DDIMScheduler.from_config({**prior.scheduler_config, "prediction_type": "epsilon", "set_alpha_to_one": True})
+    scheduler = DDIMScheduler.from_config({**prior.scheduler_config, "prediction_type": "epsilon"})
     scheduler.set_timesteps(3)
     x = torch.randn((2, prior.n_channels, *prior.concat_latent.shape[-2:]), generator=torch.Generator().manual_seed(5))
     for t in scheduler.timesteps:
@@ -181,16 +181,19 @@ def test_a_v_model_samples_with_the_epsilon_its_prior_returns(tiny_zero123_prior
     torch.testing.assert_close(sampled, prior.decode(x))
 
 
-def test_the_last_ddim_step_returns_the_denoised_latent(tiny_zero123_prior):
-    """One DDIM step (t = 1) from noise x: the decoded x̂0 = (x − √(1 − ᾱ_1)·ε̂)/√ᾱ_1, with no noise put back."""
+def test_the_last_ddim_step_lands_on_alpha_0_as_the_original_sampler(tiny_zero123_prior):
+    """One DDIM step (t = 1) from noise x lands on ᾱ_0 (the public config's `set_alpha_to_one=False`),
+    not on the denoised latent: x̂0 = (x − √(1 − ᾱ_1)·ε̂)/√ᾱ_1, decoded is √ᾱ_0·x̂0 + √(1 − ᾱ_0)·ε̂."""
     from sjc3d.views import sample_views
 
     prior = tiny_zero123_prior
+    assert prior.scheduler_config["set_alpha_to_one"] is False
     prior.condition(torch.full((64, 64, 3), 0.5), 0.0, 2.0)
     poses = target_poses([30.0, 90.0], 0.0, 0.0, 2.0, 0.0)
     sampled = sample_views(prior, poses, 1, 3.0, torch.Generator().manual_seed(2))
     x = torch.randn((2, prior.n_channels, *prior.concat_latent.shape[-2:]), generator=torch.Generator().manual_seed(2))
-    t = torch.tensor([1, 1])
-    a = float(prior.alphas_cumprod[1])
-    x0 = (x - math.sqrt(1 - a) * prior.predict_noise(x, t, poses, 3.0)) / math.sqrt(a)
-    torch.testing.assert_close(sampled, prior.decode(x0), rtol=1e-4, atol=1e-4)
+    eps = prior.predict_noise(x, torch.tensor([1, 1]), poses, 3.0)
+    a1, a0 = float(prior.alphas_cumprod[1]), float(prior.alphas_cumprod[0])
+    x0 = (x - math.sqrt(1 - a1) * eps) / math.sqrt(a1)
+    landed = math.sqrt(a0) * x0 + math.sqrt(1 - a0) * eps
+    torch.testing.assert_close(sampled, prior.decode(landed), rtol=1e-4, atol=1e-4)
